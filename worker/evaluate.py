@@ -1,0 +1,51 @@
+"""`emotion-worker evaluate`: the reference model card's tables for a model on a split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from worker.engine.engine import Engine
+from worker.labels import LABELS
+from worker.train.dataset import read_split
+from worker.train.metrics import report
+
+
+def evaluate_split(engine: Engine, split_path: Path) -> dict[str, Any]:
+    split = read_split(split_path)
+    probs, _, _ = engine.probabilities(split.texts)
+    thresholds = engine.thresholds.vector
+    at_tuned = report(split.targets, probs >= thresholds)
+    at_half = report(split.targets, probs >= 0.5)
+    return {
+        "split": str(split_path),
+        "rows": len(split.texts),
+        "model": {"embedder": engine.identity.embedder, "head": engine.identity.head,
+                  "thresholds_hash": engine.identity.thresholds_hash},
+        "thresholds": {
+            "per_label": {"macro": at_tuned.macro(), "weighted": at_tuned.weighted()},
+            "0.5": {"macro": at_half.macro(), "weighted": at_half.weighted()},
+        },
+        "labels": [
+            {"label": label, "f1": float(at_tuned.f1[j]), "precision": float(at_tuned.precision[j]),
+             "recall": float(at_tuned.recall[j]), "support": int(at_tuned.support[j]),
+             "threshold": float(thresholds[j])}
+            for j, label in enumerate(LABELS)
+        ],
+    }
+
+
+def format_tables(t: dict[str, Any]) -> str:
+    lines = [f"split {t['split']} ({t['rows']} rows); model {t['model']['embedder']} + {t['model']['head']}", ""]
+    lines.append(f"{'thresholds':<12} {'average':<9} {'precision':>9} {'recall':>7} {'f1':>7}")
+    for name, block in t["thresholds"].items():
+        for avg in ("macro", "weighted"):
+            m = block[avg]
+            lines.append(f"{name:<12} {avg:<9} {m['precision']:>9.3f} {m['recall']:>7.3f} {m['f1']:>7.3f}")
+    lines += ["", f"{'label':<15} {'f1':>6} {'precision':>9} {'recall':>7} {'support':>8} {'threshold':>9}"]
+    for row in sorted(t["labels"], key=lambda r: -np.float64(r["f1"])):
+        lines.append(f"{row['label']:<15} {row['f1']:>6.3f} {row['precision']:>9.3f} {row['recall']:>7.3f} "
+                     f"{row['support']:>8d} {row['threshold']:>9.2f}")
+    return "\n".join(lines)

@@ -1,0 +1,83 @@
+"""/metrics, /healthz (process and poll loop alive) and /readyz (model warm, group joined, output
+side working), served from one small HTTP server thread."""
+
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from worker.observe.metrics import Metrics
+
+
+class Health:
+    def __init__(self, stall_after_s: float) -> None:
+        self.stall_after_s = stall_after_s
+        self.started = time.monotonic()
+        self.last_beat = time.monotonic()
+        self.model_ready = False
+        self.joined = False
+        self.output_ok = True
+        self.output_error = ""
+        self.stopping = False
+
+    def beat(self) -> None:
+        self.last_beat = time.monotonic()
+
+    def live(self) -> tuple[bool, dict[str, object]]:
+        age = time.monotonic() - self.last_beat
+        ok = age < self.stall_after_s
+        return ok, {"status": "ok" if ok else "stalled", "poll_loop_age_s": round(age, 3)}
+
+    def ready(self) -> tuple[bool, dict[str, object]]:
+        live, _ = self.live()
+        checks = {"model_loaded": self.model_ready, "group_joined": self.joined,
+                  "output_ok": self.output_ok, "poll_loop_alive": live, "not_stopping": not self.stopping}
+        ok = all(checks.values())
+        body: dict[str, object] = {"status": "ready" if ok else "not ready", **checks}
+        if not self.output_ok:
+            body["output_error"] = self.output_error
+        return ok, body
+
+
+class ObserveServer:
+    def __init__(self, host: str, port: int, metrics: Metrics, health: Health) -> None:
+        metrics_ref, health_ref = metrics, health
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    metrics_ref.ready.set(1 if health_ref.ready()[0] else 0)
+                    self._send(200, generate_latest(metrics_ref.registry), CONTENT_TYPE_LATEST)
+                elif path in ("/healthz", "/readyz"):
+                    ok, body = health_ref.live() if path == "/healthz" else health_ref.ready()
+                    self._send(200 if ok else 503, orjson.dumps(body), "application/json")
+                else:
+                    self._send(404, b'{"error":"not found"}', "application/json")
+
+            def _send(self, code: int, body: bytes, ctype: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - silence access log
+                return
+
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server.daemon_threads = True
+        self.port = int(self.server.server_address[1])
+        self.thread = threading.Thread(target=self.server.serve_forever, name="observe-http", daemon=True)
+
+    def start(self) -> ObserveServer:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,1 @@
+"""Kafka in and out. Knows nothing of ONNX: it hands texts to a classify function."""

@@ -1,0 +1,53 @@
+"""librdkafka configuration for the consumer and producer, from validated settings."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import KafkaError
+
+from worker.config import KafkaSettings
+
+log = logging.getLogger("worker.kafka")
+
+
+def _error_cb(err: KafkaError) -> None:
+    # Broker-down and similar client errors: librdkafka retries them itself; say so once a line.
+    level = logging.ERROR if err.fatal() else logging.WARNING
+    log.log(level, "kafka client: %s", err.str())
+
+
+def consumer_conf(
+    k: KafkaSettings,
+    *,
+    on_commit: Callable[..., None] | None = None,
+    on_stats: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    conf: dict[str, Any] = {
+        "statistics.interval.ms": 5000,
+        "fetch.wait.max.ms": 50,
+        **k.common,
+        **k.consumer,
+        "bootstrap.servers": k.bootstrap_servers,
+        "group.id": k.group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": k.auto_offset_reset,
+        "partition.assignment.strategy": k.assignment_strategy,
+        "session.timeout.ms": k.session_timeout_ms,
+        "max.poll.interval.ms": k.max_poll_interval_ms,
+        "error_cb": _error_cb,
+    }
+    if on_commit is not None:
+        conf["on_commit"] = on_commit
+    if on_stats is not None:
+        conf["stats_cb"] = on_stats
+    return conf
+
+
+def producer_conf(k: KafkaSettings) -> dict[str, str]:
+    conf: dict[str, Any] = {**k.common, **k.producer, "bootstrap.servers": k.bootstrap_servers,
+                            "error_cb": _error_cb}
+    return conf

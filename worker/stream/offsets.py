@@ -1,0 +1,128 @@
+"""Per-partition completion tracking: what is safe to commit.
+
+Every consumed offset is registered in arrival order. It is marked done once its output or
+dead-letter record is acknowledged by the broker. The commit point of a partition is the first
+offset that is not done (or one past the last, when all are). Revoking or losing a partition
+bumps its epoch, so late acknowledgements of the old assignment are ignored.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+TopicPartition = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Ticket:
+    tp: TopicPartition
+    offset: int
+    epoch: int
+
+
+class _Partition:
+    __slots__ = ("committed", "epoch", "pending")
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.pending: OrderedDict[int, bool] = OrderedDict()  # offset -> done, in arrival order
+        self.committed: int | None = None  # last offset handed to commit (exclusive)
+
+
+class OffsetTracker:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._parts: dict[TopicPartition, _Partition] = {}
+        self._epochs: dict[TopicPartition, int] = {}
+        self._in_flight = 0
+        self._drained = threading.Condition(self._lock)
+
+    def assign(self, tp: TopicPartition) -> None:
+        with self._lock:
+            epoch = self._epochs.get(tp, 0) + 1
+            self._epochs[tp] = epoch
+            self._parts[tp] = _Partition(epoch)
+
+    def register(self, tp: TopicPartition, offset: int) -> Ticket:
+        with self._lock:
+            part = self._parts.get(tp)
+            if part is None:  # a message for a partition we were not told about: track it anyway
+                epoch = self._epochs.get(tp, 0) + 1
+                self._epochs[tp] = epoch
+                part = self._parts[tp] = _Partition(epoch)
+            part.pending[offset] = False
+            self._in_flight += 1
+            return Ticket(tp, offset, part.epoch)
+
+    def is_current(self, ticket: Ticket) -> bool:
+        with self._lock:
+            part = self._parts.get(ticket.tp)
+            return part is not None and part.epoch == ticket.epoch
+
+    def done(self, ticket: Ticket) -> bool:
+        """Mark acknowledged. Returns False when the ticket belongs to a revoked assignment."""
+        with self._lock:
+            part = self._parts.get(ticket.tp)
+            if part is None or part.epoch != ticket.epoch or ticket.offset not in part.pending:
+                return False
+            if not part.pending[ticket.offset]:
+                part.pending[ticket.offset] = True
+                self._advance(part)
+            return True
+
+    def _advance(self, part: _Partition) -> None:
+        # Drop the done prefix; remember where it ends as the commit point.
+        while part.pending:
+            offset, done = next(iter(part.pending.items()))
+            if not done:
+                break
+            part.pending.popitem(last=False)
+            part.committed = offset + 1
+            self._in_flight -= 1
+        self._drained.notify_all()
+
+    def commit_points(self, tps: list[TopicPartition] | None = None) -> dict[TopicPartition, int]:
+        """Offsets (exclusive) safe to commit, for tracked partitions that have one."""
+        with self._lock:
+            out = {}
+            for tp, part in self._parts.items():
+                if tps is not None and tp not in tps:
+                    continue
+                if part.committed is not None:
+                    out[tp] = part.committed
+            return out
+
+    def forget(self, tp: TopicPartition) -> int:
+        """Stop tracking a partition (revoked or lost). Returns how many unfinished it held."""
+        with self._lock:
+            part = self._parts.pop(tp, None)
+            self._epochs[tp] = self._epochs.get(tp, 0) + 1
+            if part is None:
+                return 0
+            unfinished = len(part.pending)
+            self._in_flight -= unfinished
+            self._drained.notify_all()
+            return unfinished
+
+    def unfinished(self, tp: TopicPartition | None = None) -> int:
+        with self._lock:
+            if tp is None:
+                return self._in_flight
+            part = self._parts.get(tp)
+            return 0 if part is None else len(part.pending)
+
+    def wait_drained(self, tps: list[TopicPartition] | None, timeout: float) -> bool:
+        """Block until the given partitions (all, if None) have no unfinished work."""
+        def drained() -> bool:
+            if tps is None:
+                return self._in_flight == 0
+            return all(not self._parts[tp].pending for tp in tps if tp in self._parts)
+
+        with self._lock:
+            return self._drained.wait_for(drained, timeout=timeout)
+
+    def assigned(self) -> list[TopicPartition]:
+        with self._lock:
+            return list(self._parts)

@@ -1,0 +1,140 @@
+"""Results and dead letters out: an idempotent producer (acks=all), delivery callbacks that mark
+offsets done, and retries with backoff for transient failures (never a dead letter for those)."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from worker.stream.offsets import OffsetTracker, Ticket
+from worker.stream.records import Record
+
+log = logging.getLogger(__name__)
+
+BACKOFF_START_S = 0.1
+BACKOFF_MAX_S = 5.0
+
+
+@dataclass
+class Outgoing:
+    topic: str
+    kind: str  # "output" or "dead_letter"
+    ticket: Ticket
+    record: Record
+    on_ack: Callable[[], None] | None = None
+    attempts: int = 0
+
+
+@dataclass(order=True)
+class _Retry:
+    due: float
+    seq: int
+    item: Outgoing = field(compare=False)
+
+
+class Publisher:
+    def __init__(
+        self,
+        producer_conf: dict[str, str],
+        tracker: OffsetTracker,
+        *,
+        on_failure: Callable[[Outgoing, str], None] | None = None,
+        on_success: Callable[[Outgoing], None] | None = None,
+    ) -> None:
+        conf: dict[str, object] = {
+            "linger.ms": 5,
+            "message.timeout.ms": 30_000,
+            "compression.type": "lz4",
+            **producer_conf,
+            "enable.idempotence": True,
+            "acks": "all",
+        }
+        self.producer = Producer(conf)
+        self.tracker = tracker
+        self.on_failure = on_failure
+        self.on_success = on_success
+        self._retries: list[_Retry] = []
+        self._seq = itertools.count()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="publisher", daemon=True)
+
+    def start(self) -> Publisher:
+        self._thread.start()
+        return self
+
+    def send(self, item: Outgoing) -> None:
+        if not self.tracker.is_current(item.ticket):
+            return  # the partition was revoked or lost: its new owner will redo this message
+        rec = item.record
+
+        def delivered(err: KafkaError | None, _msg: Message) -> None:
+            if err is None:
+                if self.tracker.done(item.ticket) and item.on_ack is not None:
+                    item.on_ack()
+                if self.on_success is not None:
+                    self.on_success(item)
+            else:
+                self._failed(item, err.str())
+
+        while True:
+            try:
+                self.producer.produce(item.topic, value=rec.value, key=rec.key, headers=rec.headers,
+                                      on_delivery=delivered)
+                return
+            except BufferError:
+                self.producer.poll(0.05)  # local queue full: let deliveries drain, then try again
+            except Exception as exc:  # noqa: BLE001 - KafkaException and argument errors alike
+                self._failed(item, f"{type(exc).__name__}: {exc}")
+                return
+
+    def _failed(self, item: Outgoing, error: str) -> None:
+        item.attempts += 1
+        delay = min(BACKOFF_MAX_S, BACKOFF_START_S * 2 ** min(item.attempts - 1, 10))
+        log.warning("produce to %s failed (attempt %d, retry in %.1fs): %s", item.topic, item.attempts, delay,
+                    error)
+        if self.on_failure is not None:
+            self.on_failure(item, error)
+        with self._lock:
+            heapq.heappush(self._retries, _Retry(time.monotonic() + delay, next(self._seq), item))
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            self.producer.poll(0.05)
+            self._resend_due()
+
+    def _resend_due(self) -> None:
+        now = time.monotonic()
+        due: list[Outgoing] = []
+        with self._lock:
+            while self._retries and self._retries[0].due <= now:
+                due.append(heapq.heappop(self._retries).item)
+        for item in due:
+            self.send(item)
+
+    def pending_retries(self) -> int:
+        with self._lock:
+            return len(self._retries)
+
+    def flush(self, timeout: float) -> int:
+        """Wait for outstanding deliveries (and due retries). Returns how many are still pending."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            left = self.producer.flush(min(0.2, max(0.0, deadline - time.monotonic())))
+            self._resend_due()
+            if left == 0 and self.pending_retries() == 0:
+                return 0
+        return int(len(self.producer)) + self.pending_retries()
+
+    def close(self, timeout: float) -> int:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2)
+        return self.flush(timeout)

@@ -1,0 +1,79 @@
+"""The output and dead-letter record formats (documented in the README; keep them stable)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from worker.engine.result import ModelIdentity, Result
+from worker.stream.decode import ChatMessage, Envelope, Header, Rejected
+
+SCHEMA_VERSION = 1
+DLQ_HEADER_PREFIX = "emotion-worker."
+
+
+@dataclass(frozen=True)
+class Record:
+    key: bytes | None
+    value: bytes
+    headers: list[Header]
+
+
+def source_dict(envelope: Envelope) -> dict[str, Any]:
+    s = envelope.source
+    return {"topic": s.topic, "partition": s.partition, "offset": s.offset, "timestamp": s.timestamp_ms}
+
+
+def output_record(
+    message: ChatMessage,
+    result: Result,
+    identity: ModelIdentity,
+    *,
+    scores: str,
+    processing_ms: float,
+) -> Record:
+    doc = {
+        "schema": SCHEMA_VERSION,
+        "id": message.id,
+        "labels": result.labels,
+        "scores": result.scores if scores == "all" else result.passing_scores(),
+        "no_label": result.no_label,
+        "truncated": result.truncated,
+        "model": {
+            "embedder": identity.embedder,
+            "head": identity.head,
+            "thresholds_hash": identity.thresholds_hash,
+        },
+        "source": source_dict(message.envelope),
+        "processing_ms": round(processing_ms, 3),
+    }
+    return Record(message.envelope.key, orjson.dumps(doc), list(message.envelope.headers))
+
+
+def dead_letter_record(rejected: Rejected, *, max_value_bytes: int) -> Record:
+    """The original key, value and headers, plus the reason as headers (one JSON header with all
+    of it, and one header per field). A value over max_value_bytes is cut to that size and the
+    cut is said in the reason, so an oversized input cannot block the dead-letter topic."""
+    env = rejected.envelope
+    value = env.value or b""
+    reason: dict[str, Any] = {
+        "error_class": rejected.reason,
+        "message": rejected.detail,
+        "source": source_dict(env),
+        "original_size": len(value) if env.value is not None else None,
+    }
+    if len(value) > max_value_bytes:
+        value = value[:max_value_bytes]
+        reason["value_truncated_to"] = max_value_bytes
+    p = DLQ_HEADER_PREFIX
+    headers: list[Header] = [
+        *env.headers,
+        (f"{p}error", orjson.dumps(reason)),
+        (f"{p}error.class", rejected.reason.encode()),
+        (f"{p}source.topic", env.source.topic.encode()),
+        (f"{p}source.partition", str(env.source.partition).encode()),
+        (f"{p}source.offset", str(env.source.offset).encode()),
+    ]
+    return Record(env.key, value, headers)

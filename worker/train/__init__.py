@@ -1,0 +1,1 @@
+"""Training and evaluating heads on GoEmotions (optional `train` extra)."""
