@@ -72,6 +72,7 @@ class Embedder:
     ) -> None:
         self.model_dir = model_dir
         self.max_length = max_length
+        encoder_file = find_encoder_file(model_dir)
         self.tokenizer = load_tokenizer(model_dir)
         self.tokenizer.enable_truncation(max_length=max_length)
         self.pooling = read_pooling(model_dir) if pooling == "auto" else pooling
@@ -79,7 +80,7 @@ class Embedder:
             raise ModelError(f"pooling must be 'auto', 'cls' or 'mean', got {self.pooling!r}")
         pad_id = self.tokenizer.token_to_id("[PAD]")
         self.pad_id = 0 if pad_id is None else pad_id
-        self.session = open_session(find_encoder_file(model_dir), runtime)
+        self.session = open_session(encoder_file, runtime)
         self.input_names = {i.name for i in self.session.get_inputs()}
         outputs = [o.name for o in self.session.get_outputs()]
         token_out = next((name for name in TOKEN_OUTPUTS if name in outputs), None)

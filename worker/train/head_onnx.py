@@ -11,8 +11,10 @@ import numpy as np
 from worker.labels import LABELS
 
 
-def build_head(layers: list[tuple[np.ndarray, np.ndarray]], hidden: int) -> bytes:
-    """layers: [(W (in, out), b (out,)), ...]; ReLU between layers, sigmoid at the end."""
+def build_head(layers: list[tuple[np.ndarray, np.ndarray]], hidden: int,
+               output_order: list[str] | None = None) -> bytes:
+    """layers: [(W (in, out), b (out,)), ...]; ReLU between layers, sigmoid at the end.
+    Outputs are named after the labels; output_order only changes their position in the graph."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -32,7 +34,8 @@ def build_head(layers: list[tuple[np.ndarray, np.ndarray]], hidden: int) -> byte
     inits.append(numpy_helper.from_array(np.array([1.0], dtype=np.float32), "one"))
     nodes.append(helper.make_node("Sub", ["one", "probs"], ["not_probs"]))
     outputs = []
-    for j, label in enumerate(LABELS):
+    for label in output_order or LABELS:
+        j = LABELS.index(label)
         idx = f"idx{j}"
         inits.append(numpy_helper.from_array(np.array([j], dtype=np.int64), idx))
         nodes.append(helper.make_node("Gather", ["probs", idx], [f"p{j}"], axis=1))
@@ -58,10 +61,11 @@ def write_head(
     thresholds: dict[str, float],
     *,
     metadata: dict[str, object] | None = None,
+    output_order: list[str] | None = None,
 ) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     hidden = int(layers[0][0].shape[0])
-    (out_dir / "model.onnx").write_bytes(build_head(layers, hidden))
+    (out_dir / "model.onnx").write_bytes(build_head(layers, hidden, output_order))
     (out_dir / "thresholds.json").write_text(json.dumps({k: thresholds[k] for k in LABELS}) + "\n")
     if metadata is not None:
         (out_dir / "training.json").write_text(json.dumps(metadata, indent=2) + "\n")

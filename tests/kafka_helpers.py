@@ -1,0 +1,152 @@
+"""Black-box helpers: produce to and read from a real broker, run the worker as a real process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
+
+from worker.broker import LocalBroker, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Topics:
+    input: str
+    output: str
+    dlq: str
+    group: str
+
+    @classmethod
+    def fresh(cls, broker: LocalBroker, partitions: int = 3) -> Topics:
+        tag = uuid.uuid4().hex[:8]
+        t = cls(f"in-{tag}", f"out-{tag}", f"dlq-{tag}", f"group-{tag}")
+        broker.create_topics([t.input], partitions=partitions)
+        broker.create_topics([t.output, t.dlq], partitions=partitions)
+        return t
+
+
+def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]],
+            partition: int | None = None) -> int:
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True,
+                  "message.max.bytes": 20_000_000})
+    n = 0
+    for key, value, headers in records:
+        kwargs = {} if partition is None else {"partition": partition}
+        while True:
+            try:
+                p.produce(topic, value=value, key=key, headers=headers, **kwargs)
+                break
+            except BufferError:
+                p.poll(0.1)
+        n += 1
+        p.poll(0)
+    assert p.flush(30) == 0
+    return n
+
+
+def read_all(bootstrap: str, topic: str, *, expect: int, timeout: float = 60.0) -> list[Message]:
+    """Read a topic from the beginning until `expect` messages or the timeout."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False, "session.timeout.ms": 6000})
+    c.subscribe([topic])
+    out: list[Message] = []
+    deadline = time.monotonic() + timeout
+    while len(out) < expect and time.monotonic() < deadline:
+        for m in c.consume(500, timeout=0.2):
+            if m.error() is None:
+                out.append(m)
+    c.close()
+    return out
+
+
+def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    res = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+    c.close()
+    return {tp.partition: tp.offset for tp in res}
+
+
+def end_offsets(bootstrap: str, topic: str, expect: int) -> dict[int, int]:
+    """One past the last offset of each partition, from reading the topic (Tansu's watermark
+    answers are not reliable enough to test against)."""
+    out: dict[int, int] = {}
+    for m in read_all(bootstrap, topic, expect=expect, timeout=30):
+        out[m.partition()] = max(out.get(m.partition(), 0), m.offset() + 1)
+    return out
+
+
+@dataclass
+class WorkerProcess:
+    env: dict[str, str]
+    log_path: Path
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+    exit_codes: list[int] = field(default_factory=list)
+
+    def start(self) -> WorkerProcess:
+        self.starts += 1
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "worker", "run"], cwd=ROOT, env=self.env,
+                                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        return self
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        rc = self.proc.wait(timeout=timeout)
+        self.exit_codes.append(rc)
+        return rc
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.signal(signal.SIGTERM)
+        try:
+            return self.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.wait(10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def worker_env(broker: LocalBroker, topics: Topics, encoder: Path, head: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMOTION_WORKER_")}
+    env.update({
+        "EMOTION_WORKER_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap,
+        "EMOTION_WORKER_KAFKA__INPUT_TOPIC": topics.input,
+        "EMOTION_WORKER_KAFKA__OUTPUT_TOPIC": topics.output,
+        "EMOTION_WORKER_KAFKA__DEAD_LETTER_TOPIC": topics.dlq,
+        "EMOTION_WORKER_KAFKA__GROUP_ID": topics.group,
+        "EMOTION_WORKER_KAFKA__SESSION_TIMEOUT_MS": "6000",
+        "EMOTION_WORKER_KAFKA__COMMIT_INTERVAL_MS": "200",
+        "EMOTION_WORKER_MODEL__EMBEDDER": str(encoder),
+        "EMOTION_WORKER_MODEL__HEAD": str(head),
+        "EMOTION_WORKER_SHUTDOWN_TIMEOUT_S": "20",
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.update(extra)
+    return env
+
+
+def start_worker(broker: LocalBroker, topics: Topics, encoder: Path, head: Path, log_path: Path,
+                 **extra: str) -> WorkerProcess:
+    port = free_port()
+    env = worker_env(broker, topics, encoder, head, EMOTION_WORKER_OBSERVE__PORT=str(port),
+                     EMOTION_WORKER_OBSERVE__HOST="127.0.0.1", **extra)
+    return WorkerProcess(env, log_path, port).start()

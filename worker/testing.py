@@ -1,0 +1,57 @@
+"""Models that tests and benchmarks build themselves: random-weight BERT encoders (any shape, e.g.
+bge-small-en's) exported through the project's own export code, and random heads in the reference
+format. Needs the 'export' extra (torch, optimum)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from worker.default_model import default_embedder_source
+from worker.engine.export import export_encoder
+from worker.train.head_onnx import write_head
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+BGE_SMALL_SHAPE = {"hidden": 384, "layers": 12, "heads": 12, "ffn": 1536}
+
+
+def build_random_encoder(out_dir: Path, *, hidden: int, layers: int, heads: int, ffn: int, seed: int = 0,
+                         pooling: str | None = None) -> Path:
+    """A random-weight BERT with the real uncased WordPiece tokenizer, exported to ONNX at out_dir."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    src = out_dir.parent / f"{out_dir.name}-pt"
+    config = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                        intermediate_size=ffn, max_position_embeddings=512)
+    BertModel(config).eval().save_pretrained(src)
+    tok_dir = default_embedder_source()
+    for name in TOKENIZER_FILES:
+        shutil.copyfile(tok_dir / name, src / name)
+    export_encoder(str(src), out_dir)
+    shutil.rmtree(src)
+    if pooling is not None:
+        (out_dir / "1_Pooling").mkdir(exist_ok=True)
+        (out_dir / "1_Pooling" / "config.json").write_text(
+            f'{{"pooling_mode_cls_token": {str(pooling == "cls").lower()}, '
+            f'"pooling_mode_mean_tokens": {str(pooling == "mean").lower()}}}')
+    return out_dir
+
+
+def random_head_layers(hidden: int, seed: int = 0, *, scale: float = 3.0) -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((hidden, 28)) * scale / np.sqrt(hidden)).astype(np.float32)
+    b = (rng.standard_normal(28) * 0.5).astype(np.float32)
+    return [(w, b)]
+
+
+def build_random_head(out_dir: Path, hidden: int, *, seed: int = 0, threshold: float = 0.5,
+                      output_order: list[str] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    from worker.labels import LABELS
+
+    layers = random_head_layers(hidden, seed)
+    write_head(out_dir, layers, dict.fromkeys(LABELS, threshold), output_order=output_order)
+    return layers
