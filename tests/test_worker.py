@@ -14,8 +14,17 @@ from worker.broker import LocalBroker
 
 from .kafka_helpers import Topics, committed, end_offsets, produce, read_all, start_worker
 
-BAD_VALUES = [b"not json", b'{"id": "B1", "text": ""}', b'["list"]', b'{"id": "B3", "text": 7}', b"\xff\xfe\xfa",
-              b'{"id": "B5"}', b'{"id": "B6", "text": "   "}', b"null", b'{"id": "B8", "text": "' + b"x" * 70_000 + b'"}']
+BAD_VALUES = [
+    b"not json",
+    b'{"id": "B1", "text": ""}',
+    b'["list"]',
+    b'{"id": "B3", "text": 7}',
+    b"\xff\xfe\xfa",
+    b'{"id": "B5"}',
+    b'{"id": "B6", "text": "   "}',
+    b"null",
+    b'{"id": "B8", "text": "' + b"x" * 70_000 + b'"}',
+]
 
 
 def mixed_records(n: int) -> tuple[list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]], int]:
@@ -60,7 +69,7 @@ def test_every_message_accounted_for(broker: LocalBroker, tiny_encoder: Path, ti
     # Keys and headers are kept; the output carries the documented fields.
     by_index = {index_of(m, False): m for m in outputs}
     for i, m in by_index.items():
-        key, _, headers = records[i]
+        key, _, _headers = records[i]
         assert m.key() == key
         assert ("trace", f"t{i}".encode()) in (m.headers() or [])
         doc = orjson.loads(m.value())
@@ -71,7 +80,7 @@ def test_every_message_accounted_for(broker: LocalBroker, tiny_encoder: Path, ti
     reasons = Counter()
     for m in dlq:
         i = index_of(m, True)
-        key, value, headers = records[i]
+        key, value, _ = records[i]
         assert m.key() == key
         h = dict(m.headers() or [])
         assert h["trace"] == f"t{i}".encode()
@@ -93,7 +102,8 @@ def test_every_message_accounted_for(broker: LocalBroker, tiny_encoder: Path, ti
         last[key] = src["offset"]  # type: ignore[index]
 
     # Everything acknowledged was committed at shutdown.
-    assert committed(broker.bootstrap, topics.group, topics.input, 3) == end_offsets(broker.bootstrap, topics.input, 400)
+    ends = end_offsets(broker.bootstrap, topics.input, 400)
+    assert committed(broker.bootstrap, topics.group, topics.input, 3) == ends
 
 
 def test_two_workers_share_a_topic(broker: LocalBroker, tiny_encoder: Path, tiny_head: Path, tmp_path: Path) -> None:
@@ -119,7 +129,8 @@ def test_sigterm_mid_stream_and_restart_loses_nothing(broker: LocalBroker, tiny_
                                                       tmp_path: Path) -> None:
     topics = Topics.fresh(broker, partitions=3)
     n = 3000
-    records = [(f"k{i % 5}".encode(), orjson.dumps({"id": f"m{i}", "text": f"message {i} " + "word " * (i % 20)}), [])
+    records = [(f"k{i % 5}".encode(), orjson.dumps({"id": f"m{i}", "text": f"message {i} " + "word " * (i % 20)}),
+                [])
                for i in range(n)]
     produce(broker.bootstrap, topics.input, records)
     log = tmp_path / "w.log"

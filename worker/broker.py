@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from worker.errors import WorkerError
 
@@ -65,7 +65,7 @@ class LocalBroker:
             try:
                 AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(timeout=1)
                 return self
-            except Exception:  # noqa: BLE001 - not up yet
+            except Exception:
                 time.sleep(0.1)
         self.stop()
         raise WorkerError(f"local broker did not answer on {self.bootstrap} within {timeout:.0f}s")
@@ -76,7 +76,7 @@ class LocalBroker:
         for name, fut in futures.items():
             try:
                 fut.result(timeout=10)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 if "TOPIC_ALREADY_EXISTS" not in str(exc) and "already exists" not in str(exc):
                     raise WorkerError(f"cannot create topic {name}: {exc}") from exc
 

@@ -26,10 +26,9 @@ def _settings(config: Path | None, embedder: str | None = None, head: str | None
     if embedder is not None or head is not None:
         model = settings.model.model_copy(update={k: v for k, v in (("embedder", embedder), ("head", head))
                                                   if v is not None})
-        if (embedder is None) != (head is None):
-            # one given: the other stays as configured, but "auto" only makes sense for both
-            if model.embedder == "auto" or model.head == "auto":
-                raise WorkerError("pass both --embedder and --head (or neither, for the configured/auto model)")
+        # one given: the other stays as configured, but "auto" only makes sense for both
+        if (embedder is None) != (head is None) and "auto" in (model.embedder, model.head):
+            raise WorkerError("pass both --embedder and --head (or neither, for the configured/auto model)")
         settings = settings.model_copy(update={"model": model})
     return settings
 
@@ -72,10 +71,8 @@ def classify(
     setup_logging("WARNING")
     settings = _settings(config, embedder, head)
     engine = load_engine(settings)
-    if texts == ["-"]:
-        failed = classify_lines(engine, sys.stdin)
-    else:
-        failed = classify_lines(engine, texts, from_args=True)
+    from_stdin = texts == ["-"]
+    failed = classify_lines(engine, sys.stdin if from_stdin else texts, from_args=not from_stdin)
     if failed:
         typer.echo(f"{failed} input(s) could not be classified (see their error objects)", err=True)
         raise typer.Exit(1)

@@ -146,12 +146,12 @@ class Settings(BaseSettings):
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", case_sensitive=False
     )
 
-    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
-    input: InputSettings = Field(default_factory=InputSettings)
-    output: OutputSettings = Field(default_factory=OutputSettings)
-    model: ModelSettings = Field(default_factory=ModelSettings)
-    batching: BatchingSettings = Field(default_factory=BatchingSettings)
-    observe: ObserveSettings = Field(default_factory=ObserveSettings)
+    kafka: KafkaSettings = KafkaSettings()
+    input: InputSettings = InputSettings()
+    output: OutputSettings = OutputSettings()
+    model: ModelSettings = ModelSettings()
+    batching: BatchingSettings = BatchingSettings()
+    observe: ObserveSettings = ObserveSettings()
     shutdown_timeout_s: float = Field(30.0, gt=0)
 
     @classmethod

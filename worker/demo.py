@@ -60,8 +60,9 @@ def print_results(settings: Settings, stop: threading.Event, texts: dict[str, st
             continue
         if msg.topic() == k.dead_letter_topic:
             headers = dict(msg.headers() or [])
-            reason = (headers.get("emotion-worker.error.class") or b"?").decode()
-            print(f"  dead letter  {reason:<16} {msg.value()[:40]!r}", flush=True)
+            raw = headers.get("emotion-worker.error.class") or b"?"
+            reason = raw.decode() if isinstance(raw, bytes) else str(raw)
+            print(f"  dead letter  {reason:<16} {(msg.value() or b'')[:40]!r}", flush=True)
             continue
         doc = orjson.loads(msg.value() or b"{}")
         labels = ", ".join(f"{lab} {doc['scores'][lab]:.2f}" for lab in doc["labels"]) or "(no label)"

@@ -25,9 +25,9 @@ def build_random_encoder(out_dir: Path, *, hidden: int, layers: int, heads: int,
 
     torch.manual_seed(seed)
     src = out_dir.parent / f"{out_dir.name}-pt"
-    config = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                        intermediate_size=ffn, max_position_embeddings=512)
-    BertModel(config).eval().save_pretrained(src)
+    config = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers,  # type: ignore[no-untyped-call]
+                        num_attention_heads=heads, intermediate_size=ffn, max_position_embeddings=512)
+    BertModel(config).eval().save_pretrained(src)  # type: ignore[no-untyped-call]
     tok_dir = default_embedder_source()
     for name in TOKENIZER_FILES:
         shutil.copyfile(tok_dir / name, src / name)

@@ -47,8 +47,8 @@ def load_tokenizer(model_dir: Path) -> Tokenizer:
         try:
             from transformers import AutoTokenizer
 
-            tok = AutoTokenizer.from_pretrained(str(model_dir), use_fast=True).backend_tokenizer
-        except Exception as exc:  # noqa: BLE001
+            tok = AutoTokenizer.from_pretrained(str(model_dir), use_fast=True).backend_tokenizer  # type: ignore[no-untyped-call]
+        except Exception as exc:
             raise ModelError(f"cannot load a tokenizer from {model_dir}: {exc}") from exc
     tok.no_padding()
     tok.no_truncation()
@@ -114,8 +114,8 @@ class Embedder:
             m = mask[:, :, None].astype(hidden.dtype)
             vec = (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
         norm = np.linalg.norm(vec, axis=1, keepdims=True)
-        return (vec / np.maximum(norm, 1e-12)).astype(np.float32)
+        return np.asarray(vec / np.maximum(norm, 1e-12), dtype=np.float32)
 
     def embed_padded(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         (hidden,) = self.session.run([self.output_name], self.feeds(ids, mask))
-        return self.pool(hidden, mask)
+        return self.pool(np.asarray(hidden), mask)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+
 import numpy as np
 
 from worker.engine.batching import iter_batches
@@ -11,8 +12,8 @@ from worker.engine.cache import ResultCache
 from worker.engine.embedder import Embedder
 from worker.engine.head import Head
 from worker.engine.resolve import resolve_model_dir
-from worker.engine.session import RuntimeOptions
 from worker.engine.result import ModelIdentity, Result, Timing
+from worker.engine.session import RuntimeOptions
 from worker.engine.thresholds import Thresholds
 from worker.errors import ModelError
 from worker.labels import LABELS

@@ -36,7 +36,7 @@ def export_encoder(source: str, output: Path, *, opset: int | None = None) -> Pa
             opset=opset,
             do_validation=False,
         )
-    except Exception as exc:  # noqa: BLE001 - optimum/torch raise many kinds
+    except Exception as exc:
         raise ModelError(f"export of {source!r} failed: {exc}") from exc
     src_dir = Path(source)
     if not src_dir.is_dir():

@@ -32,7 +32,7 @@ def resolve_model_dir(ref: str, *, what: str, allow_patterns: list[str] | None =
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
     try:
         local = snapshot_download(repo_id=ref, allow_patterns=allow_patterns)
-    except Exception as exc:  # noqa: BLE001 - huggingface_hub raises many kinds; all mean "not here"
+    except Exception as exc:
         mode = "the local Hugging Face cache only (HF_HUB_OFFLINE is set)" if offline else (
             "the Hugging Face hub and the local cache"
         )

@@ -56,5 +56,5 @@ def open_session(path: Path, options: RuntimeOptions, *, threads: int | None = N
     providers = check_providers(options.providers)
     try:
         return ort.InferenceSession(str(path), sess_options=so, providers=providers)
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+    except Exception as exc:
         raise ModelError(f"cannot load ONNX model {path}: {exc}") from exc

@@ -132,7 +132,10 @@ class Pipeline:
         if not todo:
             return
         try:
-            self.consumer.commit(offsets=todo, asynchronous=asynchronous)
+            if asynchronous:
+                self.consumer.commit(offsets=todo, asynchronous=True)
+            else:
+                self.consumer.commit(offsets=todo, asynchronous=False)
             for tp in todo:
                 self._last_committed[(tp.topic, tp.partition)] = tp.offset
         except KafkaException as exc:
@@ -174,7 +177,7 @@ class Pipeline:
         envelope = Envelope(
             source=Source(topic, partition, offset, ts if ts_type != 0 else None),
             key=msg.key(),
-            headers=list(msg.headers() or []),
+            headers=list(msg.headers() or []),  # type: ignore[arg-type]
             value=msg.value(),
         )
         i = self.settings.input
@@ -215,7 +218,7 @@ class Pipeline:
         results: list[Result | None]
         try:
             results = list(self.classifier.classify(texts, timing))
-        except Exception:  # noqa: BLE001 - one bad batch must not stop the worker
+        except Exception:
             log.exception("inference failed for a batch of %d; retrying one by one", len(work))
             results = [self._classify_one(w) for w in work]
         m = self.metrics
@@ -237,7 +240,7 @@ class Pipeline:
     def _classify_one(self, w: Work) -> Result | None:
         try:
             return self.classifier.classify([w.message.text])[0]
-        except Exception as exc:  # noqa: BLE001 - dead-letter the one text that cannot be classified
+        except Exception as exc:
             self._dead_letter(w.ticket, Rejected(w.message.envelope, "inference_error",
                                                  f"{type(exc).__name__}: {exc}"))
             return None

@@ -86,12 +86,12 @@ class Publisher:
 
         while True:
             try:
-                self.producer.produce(item.topic, value=rec.value, key=rec.key, headers=rec.headers,
+                self.producer.produce(item.topic, value=rec.value, key=rec.key, headers=rec.headers,  # type: ignore[arg-type]
                                       on_delivery=delivered)
                 return
             except BufferError:
                 self.producer.poll(0.05)  # local queue full: let deliveries drain, then try again
-            except Exception as exc:  # noqa: BLE001 - KafkaException and argument errors alike
+            except Exception as exc:
                 self._failed(item, f"{type(exc).__name__}: {exc}")
                 return
 
@@ -131,7 +131,7 @@ class Publisher:
             self._resend_due()
             if left == 0 and self.pending_retries() == 0:
                 return 0
-        return int(len(self.producer)) + self.pending_retries()
+        return len(self.producer) + self.pending_retries()
 
     def close(self, timeout: float) -> int:
         self._stop.set()

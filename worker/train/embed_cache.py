@@ -43,7 +43,7 @@ def cached_embeddings(embedder: Embedder, texts: list[str], cache_dir: Path, *, 
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"{desc}-{cache_key(embedder, texts)}.npy"
     if path.is_file():
-        return np.load(path)
+        return np.asarray(np.load(path), dtype=np.float32)
     vectors = embed_texts(embedder, texts, desc=desc)
     np.save(path, vectors)
     return vectors
