@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -40,7 +40,11 @@ def redact(props: dict[str, str]) -> dict[str, str]:
     return {k: ("***" if is_secret(k) else v) for k, v in props.items()}
 
 
-class KafkaSettings(BaseModel):
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class KafkaSettings(Section):
     bootstrap_servers: str = "localhost:9092"
     input_topic: str = "chat-messages"
     output_topic: str = "chat-emotions"
@@ -88,17 +92,17 @@ class KafkaSettings(BaseModel):
         return self
 
 
-class InputSettings(BaseModel):
+class InputSettings(Section):
     text_field: str = "text"
     id_field: str = "id"
     max_value_bytes: int = Field(65_536, ge=16)
 
 
-class OutputSettings(BaseModel):
+class OutputSettings(Section):
     scores: Literal["all", "passing"] = "all"
 
 
-class ModelSettings(BaseModel):
+class ModelSettings(Section):
     # "auto": the reference model (bge-small-en + SamLowe's head) when the hub or the local cache
     # has it, else the offline default (all-MiniLM-L6-v2 exported by `emotion-worker export
     # --default`, plus the head shipped in this package).
@@ -126,14 +130,14 @@ class ModelSettings(BaseModel):
         return value
 
 
-class BatchingSettings(BaseModel):
+class BatchingSettings(Section):
     max_batch_size: int = Field(16, ge=1, le=1024)
     max_wait_ms: int = Field(10, ge=0, le=60_000)
     token_budget: int = Field(4096, ge=64)
     max_in_flight: int = Field(1000, ge=1)
 
 
-class ObserveSettings(BaseModel):
+class ObserveSettings(Section):
     host: str = "0.0.0.0"
     port: int = Field(9108, ge=0, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

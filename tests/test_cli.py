@@ -1,0 +1,58 @@
+"""The command line as a user runs it: real processes, real models, no tracebacks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMOTION_WORKER_")}
+    return subprocess.run([sys.executable, "-m", "worker", *args], input=stdin, capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=120)
+
+
+def test_classify_stdin_mixed_lines(tiny_encoder: Path, tiny_head: Path) -> None:
+    lines = ["plain text line", '{"text": "json line", "id": 3}', "", '{"id": 4}', "   ", '"a json string"', "42",
+             "{broken json", "last line"]
+    res = cli("classify", "-", "--embedder", str(tiny_encoder), "--head", str(tiny_head), stdin="\n".join(lines))
+    assert res.returncode == 1, res.stderr
+    assert "Traceback" not in res.stderr
+    docs = [orjson.loads(line) for line in res.stdout.splitlines()]
+    assert [d["line"] for d in docs] == list(range(1, len(lines) + 1))
+    errors = {d["line"] for d in docs if "error" in d}
+    assert errors == {3, 4, 5, 7}
+    ok = [d for d in docs if "error" not in d]
+    assert [d["text"] for d in ok] == ["plain text line", "json line", "a json string", "{broken json", "last line"]
+    for d in ok:
+        assert len(d["scores"]) == 28
+        assert d["labels"] == sorted(d["labels"], key=lambda x: -d["scores"][x])
+
+
+def test_classify_args_all_good(tiny_encoder: Path, tiny_head: Path) -> None:
+    res = cli("classify", "thanks!", "oh no", "--embedder", str(tiny_encoder), "--head", str(tiny_head))
+    assert res.returncode == 0, res.stderr
+    assert len(res.stdout.splitlines()) == 2
+
+
+def test_bad_model_is_one_clear_message(tmp_path: Path, tiny_head: Path) -> None:
+    res = cli("classify", "hi", "--embedder", str(tmp_path), "--head", str(tiny_head))
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr
+    assert res.stderr.startswith("error: embedder directory") and "no ONNX encoder" in res.stderr
+    res = cli("classify", "hi", "--embedder", "no-such-owner/no-such-model", "--head", str(tiny_head))
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "hub" in res.stderr
+
+
+def test_bad_config_is_one_line_per_problem(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("batching:\n  max_wait_ms: -1\nobserve:\n  port: 99999\n")
+    res = cli("run", "--config", str(cfg))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert len([line for line in res.stderr.splitlines() if line.strip()]) == 2
