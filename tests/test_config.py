@@ -38,7 +38,7 @@ def test_every_problem_is_one_line(tmp_path: Path) -> None:
 def test_reserved_properties_refused(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text('kafka:\n  consumer:\n    enable.auto.commit: true\n  producer:\n    acks: "1"\n')
-    with pytest.raises(ConfigError, match="enable.auto.commit is set by the worker"):
+    with pytest.raises(ConfigError, match=r"enable\.auto\.commit is set by the worker"):
         load_settings(cfg)
 
 
