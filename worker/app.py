@@ -38,6 +38,15 @@ def run_worker(settings: Settings, *, stop_event: threading.Event | None = None,
     from worker.stream.pipeline import Pipeline
 
     setup_logging(settings.observe.log_level, settings.observe.log_json, secrets_of(settings))
+    stop_event = stop_event if stop_event is not None else threading.Event()
+    if install_signals:
+        # Installed first, so a SIGTERM during model loading also ends in a clean exit 0.
+        def stop(signum: int, _frame: FrameType | None) -> None:
+            log.info("received %s: stopping", signal.Signals(signum).name)
+            stop_event.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
     metrics = Metrics()
     health = Health(settings.observe.stall_after_s)
     server = ObserveServer(settings.observe.host, settings.observe.port, metrics, health).start()
@@ -47,16 +56,8 @@ def run_worker(settings: Settings, *, stop_event: threading.Event | None = None,
         metrics.set_model(engine.identity.embedder, engine.identity.head, engine.identity.thresholds_hash,
                           engine.identity.pooling)
         health.model_ready = True
-        pipeline = Pipeline(settings, engine, metrics, health)
-        if stop_event is not None:
-            pipeline.stop_event = stop_event
-        if install_signals:
-            def stop(signum: int, _frame: FrameType | None) -> None:
-                log.info("received %s: stopping", signal.Signals(signum).name)
-                pipeline.stop_event.set()
-
-            signal.signal(signal.SIGTERM, stop)
-            signal.signal(signal.SIGINT, stop)
-        return pipeline.run()
+        if stop_event.is_set():
+            return 0
+        return Pipeline(settings, engine, metrics, health, stop_event).run()
     finally:
         server.stop()

@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from worker import __version__
 from worker.labels import LABELS
+from worker.stream.decode import REASONS as DEAD_LETTER_REASONS
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0,
                    10.0, 20.0, 30.0)
@@ -52,8 +53,17 @@ class Metrics:
         self.ready = Gauge(f"{p}_ready", "1 when the worker is ready (model warm, group joined, output ok)",
                            registry=r)
         self.info = Info(f"{p}_build", "Version and model identity", registry=r)
+        # Initialise every known label value, so each series exists (at 0) from the first scrape.
         for label in LABELS:
             self.labels.labels(label=label)
+        for reason in DEAD_LETTER_REASONS:
+            self.dead_lettered.labels(reason=reason)
+        for stage in ("tokenize", "model"):
+            self.inference_seconds.labels(stage=stage)
+        for kind in ("assign", "revoke", "lost"):
+            self.rebalances.labels(kind=kind)
+        for topic_kind in ("output", "dead_letter"):
+            self.produce_failures.labels(topic_kind=topic_kind)
         self.info.info({"version": __version__})
 
     def set_model(self, embedder: str, head: str, thresholds_hash: str, pooling: str) -> None:

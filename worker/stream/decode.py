@@ -9,6 +9,10 @@ import orjson
 
 Header = tuple[str, bytes | None]
 
+# Every reason a message can be dead-lettered for (metrics are initialised with all of them).
+REASONS = ("null_value", "too_large", "invalid_utf8", "invalid_json", "not_an_object", "missing_text",
+           "text_not_string", "empty_text", "inference_error")
+
 
 @dataclass(frozen=True)
 class Source:

@@ -48,7 +48,8 @@ class Work:
 
 
 class Pipeline:
-    def __init__(self, settings: Settings, classifier: Classifier, metrics: Metrics, health: Health) -> None:
+    def __init__(self, settings: Settings, classifier: Classifier, metrics: Metrics, health: Health,
+                 stop_event: threading.Event | None = None) -> None:
         self.settings = settings
         self.classifier = classifier
         self.metrics = metrics
@@ -57,7 +58,7 @@ class Pipeline:
         self.batcher: MicroBatcher[Work] = MicroBatcher(
             settings.batching.max_batch_size, settings.batching.max_wait_ms / 1000
         )
-        self.stop_event = threading.Event()
+        self.stop_event = stop_event if stop_event is not None else threading.Event()
         self._inference_done = threading.Event()
         self._paused: set[tuple[str, int]] = set()
         self._last_committed: dict[tuple[str, int], int] = {}
