@@ -53,6 +53,24 @@ def demo(
     raise typer.Exit(run_demo(_settings(config), seconds=seconds, rate=rate))
 
 
+@app.command("produce-samples")
+def produce_samples_cmd(
+    bootstrap: Annotated[str, typer.Option(help="Kafka bootstrap servers")] = "localhost:9092",
+    topic: Annotated[str, typer.Option(help="Input topic")] = "chat-messages",
+    rate: Annotated[float, typer.Option(help="Messages per second")] = 5.0,
+) -> None:
+    """Produce sample chat messages (and an occasional broken one) until stopped."""
+    import signal
+    import threading
+
+    from worker.demo import produce_samples
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    produce_samples(bootstrap, topic, rate, stop)
+
+
 @app.command()
 def classify(
     texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify; '-' reads lines from stdin "

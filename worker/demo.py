@@ -29,7 +29,9 @@ def sample_lines() -> list[str]:
 
 
 def produce_samples(bootstrap: str, topic: str, rate: float, stop: threading.Event,
-                    texts: dict[str, str]) -> None:
+                    texts: dict[str, str] | None = None) -> None:
+    """Sample chat lines at `rate` per second until stopped; every 25th message is broken on purpose.
+    `texts`, when given, records id -> text for the demo's viewer."""
     lines = sample_lines()
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
     rng = random.Random(7)
@@ -41,7 +43,8 @@ def produce_samples(bootstrap: str, topic: str, rate: float, stop: threading.Eve
         else:
             text = rng.choice(lines)
             msg_id = f"m{n}"
-            texts[msg_id] = text
+            if texts is not None:
+                texts[msg_id] = text
             value = orjson.dumps({"id": msg_id, "text": text, "user": f"user{rng.randint(1, 9)}"})
         producer.produce(topic, value=value, key=f"room{n % 3}".encode())
         producer.poll(0)
