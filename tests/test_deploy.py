@@ -39,7 +39,8 @@ def test_dockerfile_is_multistage_lean_and_non_root() -> None:
     assert len(stages) >= 2
     export, final = stages[0], stages[-1]
     assert any("[export]" in line for line in export), "model export belongs to the build stage"
-    assert not any("torch" in line or "[export]" in line or "optimum" in line for line in final if line.startswith("RUN"))
+    final_runs = [line for line in final if line.startswith("RUN")]
+    assert not any(word in line for line in final_runs for word in ("torch", "[export]", "optimum"))
     assert any(line.startswith("COPY --from=export /models") for line in final)
     users = [line.split()[1] for line in final if line.startswith("USER ")]
     assert users and users[-1] not in ("root", "0")
