@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
 
 from worker.broker import LocalBroker, free_port
 
@@ -54,17 +54,29 @@ def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, by
     return n
 
 
-def read_all(bootstrap: str, topic: str, *, expect: int, timeout: float = 60.0) -> list[Message]:
-    """Read a topic from the beginning until `expect` messages or the timeout."""
+def read_all(bootstrap: str, topic: str, *, expect: int, timeout: float = 60.0, idle: float = 2.0) -> list[Message]:
+    """Read a topic from the beginning (partitions assigned directly: no group join) until `expect`
+    messages, or until the timeout, or once at least one message came and nothing new for `idle` s
+    while expecting "everything" (expect >= 10**9)."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:8]}",
-                  "auto.offset.reset": "earliest", "enable.auto.commit": False, "session.timeout.ms": 6000})
-    c.subscribe([topic])
-    out: list[Message] = []
+                  "enable.auto.commit": False, "fetch.wait.max.ms": 50})
     deadline = time.monotonic() + timeout
+    parts: list[int] = []
+    while not parts and time.monotonic() < deadline:
+        md = c.list_topics(topic, timeout=5).topics.get(topic)
+        parts = sorted(md.partitions) if md is not None and md.error is None else []
+        if not parts:
+            time.sleep(0.2)
+    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+    out: list[Message] = []
+    last_new = time.monotonic()
     while len(out) < expect and time.monotonic() < deadline:
-        for m in c.consume(500, timeout=0.2):
-            if m.error() is None:
-                out.append(m)
+        batch = [m for m in c.consume(1000, timeout=0.2) if m.error() is None]
+        if batch:
+            out.extend(batch)
+            last_new = time.monotonic()
+        elif expect >= 10**9 and time.monotonic() - last_new > idle:
+            break
     c.close()
     return out
 

@@ -24,8 +24,7 @@ def secrets_of(settings: Settings) -> list[str]:
 
 
 def load_engine(settings: Settings) -> Engine:
-    options, description = engine_options(settings.model, settings.batching.max_batch_size,
-                                          settings.batching.token_budget)
+    options, description = engine_options(settings.model)
     log.info("model: %s", description)
     engine = Engine(options)
     log.info("model loaded and warmed: hidden %d, pooling %s, thresholds %s", engine.hidden_size,

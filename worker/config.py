@@ -46,6 +46,8 @@ class Section(BaseModel):
 
 class KafkaSettings(Section):
     bootstrap_servers: str = "localhost:9092"
+    # Results and dead letters may go to another cluster; by default the input's.
+    output_bootstrap_servers: str | None = None
     input_topic: str = "chat-messages"
     output_topic: str = "chat-emotions"
     dead_letter_topic: str = "chat-messages-dlq"
@@ -117,6 +119,8 @@ class ModelSettings(Section):
     threads: int = Field(2, ge=1, le=256)
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     cache_size: int = Field(4096, ge=0)
+    batch_size: int = Field(16, ge=1, le=1024)  # texts per model call, after length sorting
+    token_budget: int = Field(4096, ge=64)  # padded tokens per model call
 
     @field_validator("label_thresholds")
     @classmethod
@@ -131,9 +135,8 @@ class ModelSettings(Section):
 
 
 class BatchingSettings(Section):
-    max_batch_size: int = Field(16, ge=1, le=1024)
+    max_batch_size: int = Field(64, ge=1, le=4096)  # messages per micro-batch handed to the engine
     max_wait_ms: int = Field(10, ge=0, le=60_000)
-    token_budget: int = Field(4096, ge=64)
     max_in_flight: int = Field(1000, ge=1)
 
 
@@ -183,8 +186,11 @@ def format_validation_error(err: ValidationError) -> str:
         where = ".".join(str(p) for p in problem["loc"]) or "settings"
         msg = problem["msg"].removeprefix("Value error, ")
         value = problem.get("input")
-        shown = "" if isinstance(value, dict) or value is None else f" (got {value!r})"
-        if is_secret(where):
+        # Echo the offending value only where it cannot be a secret: never for unknown keys (a
+        # misspelt password key) or secret-looking fields, never for long strings.
+        shown = f" (got {value!r})"
+        if (isinstance(value, (dict, list)) or value is None or problem["type"] == "extra_forbidden"
+                or is_secret(where) or (isinstance(value, str) and len(value) > 40)):
             shown = ""
         lines.append(f"config: {where}: {msg}{shown}")
     return "\n".join(lines)

@@ -55,7 +55,7 @@ def choose_models(settings: ModelSettings) -> ModelChoice:
     return ModelChoice(embedder, head, description)
 
 
-def engine_options(settings: ModelSettings, batching_max: int, token_budget: int) -> tuple[EngineOptions, str]:
+def engine_options(settings: ModelSettings) -> tuple[EngineOptions, str]:
     choice = choose_models(settings)
     options = EngineOptions(
         embedder=choice.embedder,
@@ -64,8 +64,8 @@ def engine_options(settings: ModelSettings, batching_max: int, token_budget: int
         pooling=settings.pooling,
         threshold=settings.threshold,
         label_thresholds=dict(settings.label_thresholds),
-        max_batch_size=batching_max,
-        token_budget=token_budget,
+        max_batch_size=settings.batch_size,
+        token_budget=settings.token_budget,
         cache_size=settings.cache_size,
         runtime=RuntimeOptions(
             intra_op_threads=settings.threads,

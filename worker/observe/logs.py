@@ -39,11 +39,37 @@ class SecretMask(logging.Filter):
         return True
 
 
+class RepeatFilter(logging.Filter):
+    """Lets one line through per `window_s` for each kind of message (logger + its first words),
+    and says how many were held back: a broker outage must not flood the log."""
+
+    def __init__(self, window_s: float = 10.0, prefix_chars: int = 60) -> None:
+        super().__init__()
+        self.window_s = window_s
+        self.prefix_chars = prefix_chars
+        self._seen: dict[str, tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and record.name != "worker.kafka":
+            return True
+        key = f"{record.name}:{record.getMessage()[: self.prefix_chars]}"
+        now = time.monotonic()
+        last, held = self._seen.get(key, (0.0, 0))
+        if now - last < self.window_s:
+            self._seen[key] = (last, held + 1)
+            return False
+        self._seen[key] = (now, 0)
+        if held:
+            record.msg, record.args = f"{record.getMessage()} (and {held} like it in the last {self.window_s:.0f}s)", None
+        return True
+
+
 def setup_logging(level: str = "INFO", json_lines: bool = False, secrets: list[str] | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if json_lines else
                          logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(SecretMask(secrets or []))
+    handler.addFilter(RepeatFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -11,6 +11,8 @@ from confluent_kafka import KafkaError
 from worker.config import KafkaSettings
 
 log = logging.getLogger("worker.kafka")
+# librdkafka's own log lines go through Python logging (and its repeat filter), not raw stderr.
+librdkafka_log = logging.getLogger("worker.kafka.librdkafka")
 
 
 def _error_cb(err: KafkaError) -> None:
@@ -39,6 +41,7 @@ def consumer_conf(
         "session.timeout.ms": k.session_timeout_ms,
         "max.poll.interval.ms": k.max_poll_interval_ms,
         "error_cb": _error_cb,
+        "logger": librdkafka_log,
     }
     if on_commit is not None:
         conf["on_commit"] = on_commit
@@ -48,6 +51,7 @@ def consumer_conf(
 
 
 def producer_conf(k: KafkaSettings) -> dict[str, str]:
-    conf: dict[str, Any] = {**k.common, **k.producer, "bootstrap.servers": k.bootstrap_servers,
-                            "error_cb": _error_cb}
+    conf: dict[str, Any] = {**k.common, **k.producer,
+                            "bootstrap.servers": k.output_bootstrap_servers or k.bootstrap_servers,
+                            "error_cb": _error_cb, "logger": librdkafka_log}
     return conf

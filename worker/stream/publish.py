@@ -20,6 +20,10 @@ log = logging.getLogger(__name__)
 
 BACKOFF_START_S = 0.1
 BACKOFF_MAX_S = 5.0
+# A producer that has failed continuously this long is replaced by a fresh one (new producer id):
+# after a broker lost its state (a restart of a memory-only broker, say), or a fatal idempotence
+# error, the old one may never succeed again. Its queued records are purged and retried.
+RESET_AFTER_S = 10.0
 
 
 @dataclass
@@ -56,7 +60,12 @@ class Publisher:
             "enable.idempotence": True,
             "acks": "all",
         }
+        self._conf = conf
         self.producer = Producer(conf)
+        self._retired: list[Producer] = []
+        self._failing_since: float | None = None
+        self._last_reset = time.monotonic()
+        self.resets = 0
         self.tracker = tracker
         self.on_failure = on_failure
         self.on_success = on_success
@@ -77,6 +86,7 @@ class Publisher:
 
         def delivered(err: KafkaError | None, _msg: Message) -> None:
             if err is None:
+                self._failing_since = None
                 if self.tracker.done(item.ticket) and item.on_ack is not None:
                     item.on_ack()
                 if self.on_success is not None:
@@ -85,21 +95,23 @@ class Publisher:
                 self._failed(item, err.str())
 
         while True:
+            producer = self.producer
             try:
-                self.producer.produce(item.topic, value=rec.value, key=rec.key, headers=rec.headers,  # type: ignore[arg-type]
+                producer.produce(item.topic, value=rec.value, key=rec.key, headers=rec.headers,  # type: ignore[arg-type]
                                       on_delivery=delivered)
                 return
             except BufferError:
-                self.producer.poll(0.05)  # local queue full: let deliveries drain, then try again
+                producer.poll(0.05)  # local queue full: let deliveries drain, then try again
             except Exception as exc:
                 self._failed(item, f"{type(exc).__name__}: {exc}")
                 return
 
     def _failed(self, item: Outgoing, error: str) -> None:
         item.attempts += 1
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
         delay = min(BACKOFF_MAX_S, BACKOFF_START_S * 2 ** min(item.attempts - 1, 10))
-        log.warning("produce to %s failed (attempt %d, retry in %.1fs): %s", item.topic, item.attempts, delay,
-                    error)
+        log.warning("produce to %s failed, retrying with backoff: %s (attempt %d)", item.topic, error, item.attempts)
         if self.on_failure is not None:
             self.on_failure(item, error)
         with self._lock:
@@ -108,7 +120,25 @@ class Publisher:
     def _serve(self) -> None:
         while not self._stop.is_set():
             self.producer.poll(0.05)
+            for old in list(self._retired):
+                old.poll(0)
+                if len(old) == 0:
+                    self._retired.remove(old)
+            self._maybe_reset()
             self._resend_due()
+
+    def _maybe_reset(self) -> None:
+        now = time.monotonic()
+        since = self._failing_since
+        if since is None or now - since < RESET_AFTER_S or now - self._last_reset < RESET_AFTER_S:
+            return
+        log.warning("producer has failed for %.0fs: replacing it with a fresh one and retrying its records",
+                    now - since)
+        old, self.producer = self.producer, Producer(self._conf)
+        self._last_reset = now
+        self.resets += 1
+        old.purge(in_queue=True, in_flight=True, blocking=False)
+        self._retired.append(old)  # polled until its purged records have reported back (and been retried)
 
     def _resend_due(self) -> None:
         now = time.monotonic()
@@ -128,6 +158,9 @@ class Publisher:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             left = self.producer.flush(min(0.2, max(0.0, deadline - time.monotonic())))
+            for old in self._retired:
+                old.poll(0)
+            self._maybe_reset()
             self._resend_due()
             if left == 0 and self.pending_retries() == 0:
                 return 0

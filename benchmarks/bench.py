@@ -1,0 +1,205 @@
+"""Throughput and latency, in one run, on the same texts and the same model.
+
+    python -m benchmarks.bench --data ../shared/data/go_emotions/dev.tsv --out benchmarks/results
+
+1. naive baseline (plain onnxruntime, batches of 32 in arrival order padded to the longest, fp32,
+   default session options, then the head); 2. the engine, fp32 and int8; 3. the peer:
+   sentence-transformers with its ONNX backend on the same exported model (when installed);
+4. the whole worker through a real local broker with a backlog; 5. end-to-end latency at half the
+   measured maximum and at a trickle; 6. the worker's peak RSS. In-memory runs are interleaved in
+   rounds and the median is reported, so machine drift hits every contender alike.
+The model is a random-weight BERT of bge-small-en's exact shape (speed does not depend on weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from worker.engine.engine import Engine, EngineOptions
+from worker.engine.export import quantize_int8
+from worker.testing import BGE_SMALL_SHAPE, build_random_encoder, build_random_head
+from worker.train.dataset import read_split
+
+Runner = Callable[[list[str]], None]
+
+
+def prepare_models(cache: Path) -> dict[str, Path]:
+    fp32 = cache / "bge-small-shape-onnx"
+    int8 = cache / "bge-small-shape-int8-onnx"
+    head = cache / "head-384"
+    if not (fp32 / "model.onnx").is_file():
+        build_random_encoder(fp32, **BGE_SMALL_SHAPE)
+    if not (int8 / "model.onnx").is_file():
+        quantize_int8(fp32, int8)
+    if not (head / "model.onnx").is_file():
+        build_random_head(head, BGE_SMALL_SHAPE["hidden"])
+    return {"fp32": fp32, "int8": int8, "head": head}
+
+
+def naive_runner(model_dir: Path, head_dir: Path) -> Runner:
+    """What a user would write first: arrival order, batches of 32, padded to the batch's longest."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    sess = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    head = ort.InferenceSession(str(head_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = {i.name for i in sess.get_inputs()}
+
+    def run(texts: list[str]) -> None:
+        for i in range(0, len(texts), 32):
+            enc = tok(texts[i : i + 32], padding=True, truncation=True, max_length=512, return_tensors="np")
+            feeds = {k: v.astype(np.int64) for k, v in enc.items() if k in names}
+            hidden = sess.run(["last_hidden_state"], feeds)[0]
+            cls = hidden[:, 0]
+            cls = cls / np.linalg.norm(cls, axis=1, keepdims=True)
+            head.run(None, {"logits": cls.astype(np.float32)})
+
+    return run
+
+
+def engine_runner(model_dir: Path, head_dir: Path) -> tuple[Runner, Engine]:
+    engine = Engine(EngineOptions(embedder=str(model_dir), head=str(head_dir), cache_size=0))
+
+    def run(texts: list[str]) -> None:
+        engine.probabilities(texts)
+
+    return run, engine
+
+
+def peer_runner(model_dir: Path, head_dir: Path, work: Path) -> Runner | None:
+    """sentence-transformers with its ONNX backend on the same model: CLS pooling + normalise."""
+    try:
+        from sentence_transformers import SentenceTransformer, models
+    except ImportError:
+        return None
+    transformer = models.Transformer(str(model_dir), backend="onnx", model_args={"file_name": "model.onnx"})
+    pooling = models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode="cls")
+    st = SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device="cpu")
+    head = ort.InferenceSession(str(head_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+
+    def run(texts: list[str]) -> None:
+        vec = st.encode(texts, batch_size=32, convert_to_numpy=True)
+        head.run(None, {"logits": np.asarray(vec, dtype=np.float32)})
+
+    return run
+
+
+def interleaved(runners: dict[str, Runner], texts: list[str], rounds: int) -> dict[str, dict[str, float]]:
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for run in runners.values():
+        run(texts[:64])  # warm-up
+    for _ in range(rounds):
+        for name, run in runners.items():
+            t0 = time.perf_counter()
+            run(texts)
+            times[name].append(time.perf_counter() - t0)
+    return {name: {"texts_per_s": len(texts) / statistics.median(ts), "seconds": statistics.median(ts),
+                   "rounds": len(ts)} for name, ts in times.items()}
+
+
+def single_text_latency(engine: Engine, texts: list[str]) -> dict[str, float]:
+    lat = []
+    for t in texts:
+        t0 = time.perf_counter()
+        engine.probabilities([t])
+        lat.append((time.perf_counter() - t0) * 1000)
+    return percentiles(lat)
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    arr = np.asarray(values, dtype=np.float64)
+    return {"p50": float(np.percentile(arr, 50)), "p95": float(np.percentile(arr, 95)),
+            "p99": float(np.percentile(arr, 99)), "n": int(arr.size)}
+
+
+def quality(data_dir: Path) -> dict[str, Any] | None:
+    """int8 vs fp32 with the offline default model on the full dev split."""
+    from worker.model_choice import DEFAULT_HEAD_DIR
+    from worker.train.metrics import report
+
+    fp32 = Path("models/all-MiniLM-L6-v2-onnx")
+    int8 = Path("models/all-MiniLM-L6-v2-int8-onnx")
+    if not (fp32 / "model.onnx").is_file() or not (data_dir / "dev.tsv").is_file():
+        return None
+    if not (int8 / "model.onnx").is_file():
+        quantize_int8(fp32, int8)
+    dev = read_split(data_dir / "dev.tsv")
+    preds = {}
+    out: dict[str, Any] = {}
+    for name, path in (("fp32", fp32), ("int8", int8)):
+        engine = Engine(EngineOptions(embedder=str(path), head=str(DEFAULT_HEAD_DIR), cache_size=0))
+        probs, _, _ = engine.probabilities(dev.texts)
+        preds[name] = probs >= engine.thresholds.vector
+        out[f"macro_f1_{name}"] = report(dev.targets, preds[name]).macro()["f1"]
+    out["label_set_agreement"] = float((preds["fp32"] == preds["int8"]).all(axis=1).mean())
+    out["rows"] = len(dev.texts)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=Path("../shared/data/go_emotions/dev.tsv"))
+    ap.add_argument("--limit", type=int, default=1200, help="dev texts for the in-memory runs")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--cache", type=Path, default=Path(".cache/bench"))
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--worker-messages", type=int, default=3000)
+    ap.add_argument("--skip-worker", action="store_true")
+    args = ap.parse_args(argv)
+
+    models = prepare_models(args.cache)
+    all_texts = read_split(args.data, check_rows=False).texts
+    texts = all_texts[: args.limit]
+    runners: dict[str, Runner] = {"naive_fp32": naive_runner(models["fp32"], models["head"])}
+    runners["engine_fp32"], engine_fp32 = engine_runner(models["fp32"], models["head"])
+    runners["engine_int8"], engine_int8 = engine_runner(models["int8"], models["head"])
+    peer = peer_runner(models["fp32"], models["head"], args.cache)
+    if peer is not None:
+        runners["peer_st_onnx_fp32"] = peer
+    print(f"in-memory: {len(texts)} texts x {args.rounds} rounds: {', '.join(runners)}", flush=True)
+    results: dict[str, Any] = {
+        "machine": {"cpus": __import__("os").cpu_count(), "processor": platform.processor(),
+                    "onnxruntime": ort.__version__},
+        "texts": len(texts),
+        "mean_tokens": float(np.mean([len(ids) for ids in engine_fp32.embedder.tokenize(texts).ids])),
+        "in_memory": interleaved(runners, texts, args.rounds),
+        "single_text_ms": {"fp32": single_text_latency(engine_fp32, texts[:100]),
+                           "int8": single_text_latency(engine_int8, texts[:100])},
+    }
+    mem = results["in_memory"]
+    base = mem["naive_fp32"]["texts_per_s"]
+    results["ratios"] = {f"{k}_vs_naive": v["texts_per_s"] / base for k, v in mem.items()}
+    if "peer_st_onnx_fp32" in mem:
+        peer_tps = mem["peer_st_onnx_fp32"]["texts_per_s"]
+        results["ratios"]["engine_fp32_vs_peer"] = mem["engine_fp32"]["texts_per_s"] / peer_tps
+        results["ratios"]["engine_int8_vs_peer"] = mem["engine_int8"]["texts_per_s"] / peer_tps
+    print(json.dumps(results["in_memory"], indent=1), flush=True)
+    del runners, engine_fp32, engine_int8, peer
+    results["quality_offline_model"] = quality(args.data.parent)
+    if not args.skip_worker:
+        from benchmarks.worker_e2e import run_worker_benchmarks
+
+        results["worker"] = run_worker_benchmarks(models["int8"], models["head"], all_texts, args.worker_messages,
+                                                  mem["engine_int8"]["texts_per_s"])
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    from benchmarks.report import plot, table
+
+    plot(results, args.out / "throughput.png")
+    (args.out / "table.md").write_text(table(results) + "\n")
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,113 @@
+"""The whole worker through a real local broker: backlog throughput, latency under load, peak RSS."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, Producer
+
+from worker.broker import LocalBroker
+from tests.kafka_helpers import Topics, produce, start_worker
+
+
+def _vm_hwm_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class OutputReader(threading.Thread):
+    """Reads the output topic continuously; records receive time and the output document."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        super().__init__(daemon=True)
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{topic}",
+                                  "auto.offset.reset": "earliest", "fetch.wait.max.ms": 5,
+                                  "session.timeout.ms": 6000})
+        self.consumer.subscribe([topic])
+        self.records: list[tuple[float, dict[str, Any]]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for m in self.consumer.consume(1000, timeout=0.05):
+                if m.error() is None:
+                    self.records.append((time.time(), orjson.loads(m.value() or b"{}")))
+        self.consumer.close()
+
+    def wait_for(self, n: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while len(self.records) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return len(self.records) >= n
+
+
+def steady_load(bootstrap: str, topic: str, texts: list[str], rate: float, seconds: float, tag: str) -> int:
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
+    n = int(rate * seconds)
+    start = time.monotonic()
+    for i in range(n):
+        delay = start + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        p.produce(topic, value=orjson.dumps({"id": f"{tag}{i}", "text": texts[i % len(texts)]}), key=str(i).encode())
+        p.poll(0)
+    p.flush(10)
+    return n
+
+
+def latencies(records: list[tuple[float, dict[str, Any]]], prefix: str) -> dict[str, float]:
+    import numpy as np
+
+    lat = [(t - doc["source"]["timestamp"] / 1000) * 1000 for t, doc in records if str(doc["id"]).startswith(prefix)]
+    proc = [doc["processing_ms"] for _, doc in records if str(doc["id"]).startswith(prefix)]
+    if not lat:
+        return {"n": 0}
+    a = np.asarray(lat)
+    return {"n": len(lat), "p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)),
+            "p99_ms": float(np.percentile(a, 99)), "processing_p50_ms": float(np.median(proc))}
+
+
+def run_worker_benchmarks(model: Path, head: Path, texts: list[str], n: int, engine_tps: float) -> dict[str, Any]:
+    out: dict[str, Any] = {"model": str(model), "messages": n}
+    tmp = Path(".cache/bench/run")
+    tmp.mkdir(parents=True, exist_ok=True)
+    with LocalBroker(log_path=tmp / "broker.log") as broker:
+        topics = Topics.fresh(broker, partitions=3)
+        backlog = texts[:n]
+        produce(broker.bootstrap, topics.input,
+                [(str(i).encode(), orjson.dumps({"id": f"b{i}", "text": t}), []) for i, t in enumerate(backlog)])
+        reader = OutputReader(broker.bootstrap, topics.output)
+        reader.start()
+        worker = start_worker(broker, topics, model, head, tmp / "worker.log",
+                              EMOTION_WORKER_MODEL__CACHE_SIZE="0", EMOTION_WORKER_OBSERVE__LOG_LEVEL="WARNING")
+        try:
+            assert reader.wait_for(n, timeout=600), "backlog not processed"
+            recv = sorted(t for t, _ in reader.records[:n])
+            first_ts = min(doc["source"]["timestamp"] for _, doc in reader.records[:n])
+            # From the first output to the last acknowledged output: the steady backlog rate.
+            steady = (n - 1) / (recv[-1] - recv[0])
+            out["backlog"] = {"texts_per_s": steady, "vs_engine_in_memory": steady / engine_tps,
+                              "engine_in_memory_texts_per_s": engine_tps, "first_input_ts": first_ts}
+            print(f"worker backlog: {steady:.1f} texts/s ({steady / engine_tps:.2f}x engine)", flush=True)
+            half = steady / 2
+            fresh = texts[n:] or texts
+            sent = steady_load(broker.bootstrap, topics.input, fresh, half, 20.0, "h")
+            reader.wait_for(n + sent, timeout=60)
+            out["half_load"] = {"rate_per_s": half, **latencies(reader.records, "h")}
+            print(f"half load: {out['half_load']}", flush=True)
+            trickle = steady_load(broker.bootstrap, topics.input, fresh[::-1], 3.0, 10.0, "t")
+            reader.wait_for(n + sent + trickle, timeout=30)
+            out["trickle"] = {"rate_per_s": 3.0, **latencies(reader.records, "t")}
+            print(f"trickle: {out['trickle']}", flush=True)
+            assert worker.proc is not None
+            out["peak_rss_mb"] = _vm_hwm_mb(worker.proc.pid)
+        finally:
+            reader.stop.set()
+            worker.stop()
+    return out
