@@ -10,8 +10,8 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, Producer
 
-from worker.broker import LocalBroker
 from tests.kafka_helpers import Topics, produce, start_worker
+from worker.broker import LocalBroker
 
 
 def _vm_hwm_mb(pid: int) -> float:

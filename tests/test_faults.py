@@ -175,7 +175,8 @@ def test_rebalance_storm(broker: LocalBroker, tiny_encoder: Path, tiny_head: Pat
     for w in workers:
         assert w.stop() == 0
     assert all(rc in (0, -9) for w in workers for rc in w.exit_codes), [w.exit_codes for w in workers]
-    result.update(scenario=f"3 workers, leave/join storm (SIGTERM + kill -9), {strategy}", seconds=time.monotonic() - started,
+    result.update(scenario=f"3 workers, leave/join storm (SIGTERM + kill -9), {strategy}",
+                  seconds=time.monotonic() - started,
                   notes=f"{events} leave/join events")
     report.append(result)
     assert result["lost"] == 0, result
@@ -236,7 +237,7 @@ def test_output_side_down_then_back(broker: LocalBroker, tiny_encoder: Path, tin
         assert len(read_all(out_broker.bootstrap, topics.output, expect=200, timeout=60)) == 200
         time.sleep(1.5)
         before = committed(broker.bootstrap, topics.group, topics.input, 2)
-        assert sum(before.values()) == 200
+        assert sum(max(v, 0) for v in before.values()) == 200
         out_broker.stop()
         n = 3000
         produce(broker.bootstrap, topics.input,
@@ -344,13 +345,16 @@ def test_sigterm_with_full_in_flight_window(broker: LocalBroker, tmp_path: Path,
              for i in range(n)])
     timeout_s = 6
     worker = start_worker(broker, topics, slow, head, tmp_path / "w.log",
-                          EMOTION_WORKER_BATCHING__MAX_IN_FLIGHT="800", EMOTION_WORKER_SHUTDOWN_TIMEOUT_S=str(timeout_s),
+                          EMOTION_WORKER_BATCHING__MAX_IN_FLIGHT="800",
+                          EMOTION_WORKER_SHUTDOWN_TIMEOUT_S=str(timeout_s),
                           EMOTION_WORKER_MODEL__CACHE_SIZE="0")
     started = time.monotonic()
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and metric(worker, "emotion_worker_in_flight_messages") < 700:
-        time.sleep(0.2)
-    assert metric(worker, "emotion_worker_in_flight_messages") >= 700, "window never filled"
+    # Full window: the worker has hit its in-flight limit and paused its partitions.
+    while time.monotonic() < deadline and not metric(worker, "emotion_worker_paused_partitions") > 0:
+        time.sleep(0.05)
+    assert metric(worker, "emotion_worker_paused_partitions") > 0, "window never filled"
+    in_flight_at_stop = metric(worker, "emotion_worker_in_flight_messages")
     t0 = time.monotonic()
     worker.signal(signal.SIGTERM)
     rc = worker.wait(timeout_s + 10)
@@ -363,7 +367,7 @@ def test_sigterm_with_full_in_flight_window(broker: LocalBroker, tmp_path: Path,
         by_part.setdefault(src["partition"], set()).add(src["offset"])
     for part, offset in committed(broker.bootstrap, topics.group, topics.input, 2).items():
         done = by_part.get(part, set())
-        assert offset >= 0
+        offset = max(offset, 0)  # -1001: nothing committed yet
         assert all(o in done for o in range(offset)), f"partition {part}: committed {offset} past unpublished"
         contiguous = 0
         while contiguous in done:
@@ -371,7 +375,8 @@ def test_sigterm_with_full_in_flight_window(broker: LocalBroker, tmp_path: Path,
         assert offset == contiguous, f"partition {part}: acknowledged up to {contiguous} but committed {offset}"
     report.append({"scenario": "SIGTERM with a full in-flight window", "sent": n, "outputs": len(outs),
                    "dead_letters": 0, "lost": 0, "duplicates": 0, "seconds": time.monotonic() - started,
-                   "notes": f"exit 0 in {took:.1f} s (timeout {timeout_s} s); committed == acknowledged"})
+                   "notes": f"{in_flight_at_stop:.0f} in flight at SIGTERM; exit 0 in {took:.1f} s (timeout {timeout_s} s); "
+                            "committed == acknowledged"})
 
 
 def test_sasl_settings_reach_librdkafka_and_secrets_stay_hidden(broker: LocalBroker, tiny_encoder: Path,

@@ -23,14 +23,23 @@ class Health:
         self.output_ok = True
         self.output_error = ""
         self.stopping = False
+        self.threads: list[threading.Thread] = []
+
+    def watch(self, thread: threading.Thread) -> None:
+        """A thread the worker cannot do without: /healthz turns red if it dies."""
+        self.threads.append(thread)
 
     def beat(self) -> None:
         self.last_beat = time.monotonic()
 
     def live(self) -> tuple[bool, dict[str, object]]:
         age = time.monotonic() - self.last_beat
-        ok = age < self.stall_after_s
-        return ok, {"status": "ok" if ok else "stalled", "poll_loop_age_s": round(age, 3)}
+        dead = [t.name for t in self.threads if not t.is_alive()]
+        ok = age < self.stall_after_s and not dead
+        body: dict[str, object] = {"status": "ok" if ok else "stalled", "poll_loop_age_s": round(age, 3)}
+        if dead:
+            body["dead_threads"] = dead
+        return ok, body
 
     def ready(self) -> tuple[bool, dict[str, object]]:
         live, _ = self.live()

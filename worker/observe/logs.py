@@ -60,7 +60,8 @@ class RepeatFilter(logging.Filter):
             return False
         self._seen[key] = (now, 0)
         if held:
-            record.msg, record.args = f"{record.getMessage()} (and {held} like it in the last {self.window_s:.0f}s)", None
+            note = f" (and {held} like it in the last {self.window_s:.0f}s)"
+            record.msg, record.args = record.getMessage() + note, None
         return True
 
 

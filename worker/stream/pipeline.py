@@ -65,8 +65,7 @@ class Pipeline:
         self._last_commit = time.monotonic()
         k = settings.kafka
         self.consumer = Consumer(consumer_conf(k, on_commit=self._on_commit, on_stats=self._on_stats))
-        self.publisher = Publisher(producer_conf(k), self.tracker, on_failure=self._on_produce_failure,
-                                   on_success=self._on_produce_success)
+        self.publisher = Publisher(producer_conf(k), self.tracker, on_failure=self._on_produce_failure)
 
     # ---- callbacks -------------------------------------------------------------------------
     def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
@@ -83,13 +82,7 @@ class Pipeline:
 
     def _on_produce_failure(self, item: Outgoing, error: str) -> None:
         self.metrics.produce_failures.labels(topic_kind=item.kind).inc()
-        self.health.output_ok = False
         self.health.output_error = error[:200]
-
-    def _on_produce_success(self, _item: Outgoing) -> None:
-        if not self.health.output_ok and self.publisher.pending_retries() == 0:
-            self.health.output_ok = True
-            self.health.output_error = ""
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for p in partitions:
@@ -256,6 +249,8 @@ class Pipeline:
         self.publisher.start()
         inference = threading.Thread(target=self._inference_loop, name="inference", daemon=True)
         inference.start()
+        self.health.watch(inference)
+        self.health.watch(self.publisher.thread)
         self.consumer.subscribe([k.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_lost)
         log.info("consuming %s -> %s (dead letters: %s), group %s", k.input_topic, k.output_topic,
@@ -265,6 +260,7 @@ class Pipeline:
             for msg in self.consumer.consume(num_messages=POLL_BATCH, timeout=0.05):
                 self._handle(msg)
             self.health.beat()
+            self.health.output_ok = self.publisher.healthy()
             self._backpressure()
             if time.monotonic() - self._last_commit >= commit_every:
                 self._commit()

@@ -3,6 +3,7 @@ offsets done, and retries with backoff for transient failures (never a dead lett
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import logging
@@ -11,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from worker.stream.offsets import OffsetTracker, Ticket
 from worker.stream.records import Record
@@ -50,7 +51,6 @@ class Publisher:
         tracker: OffsetTracker,
         *,
         on_failure: Callable[[Outgoing, str], None] | None = None,
-        on_success: Callable[[Outgoing], None] | None = None,
     ) -> None:
         conf: dict[str, object] = {
             "linger.ms": 5,
@@ -63,46 +63,58 @@ class Publisher:
         self._conf = conf
         self.producer = Producer(conf)
         self._retired: list[Producer] = []
+        self._outstanding: dict[int, Outgoing] = {}  # handed to the producer, not yet reported back
         self._failing_since: float | None = None
         self._last_reset = time.monotonic()
         self.resets = 0
         self.tracker = tracker
         self.on_failure = on_failure
-        self.on_success = on_success
         self._retries: list[_Retry] = []
         self._seq = itertools.count()
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="publisher", daemon=True)
+        self.thread = threading.Thread(target=self._serve, name="publisher", daemon=True)
 
     def start(self) -> Publisher:
-        self._thread.start()
+        self.thread.start()
         return self
 
     def send(self, item: Outgoing) -> None:
         if not self.tracker.is_current(item.ticket):
             return  # the partition was revoked or lost: its new owner will redo this message
         rec = item.record
+        key = next(self._seq)
 
         def delivered(err: KafkaError | None, _msg: Message) -> None:
+            with self._lock:
+                current = self._outstanding.pop(key, None) is not None
+            if err is not None and not current:
+                return  # from a replaced producer: this record was already rescheduled
             if err is None:
                 self._failing_since = None
                 if self.tracker.done(item.ticket) and item.on_ack is not None:
                     item.on_ack()
-                if self.on_success is not None:
-                    self.on_success(item)
             else:
                 self._failed(item, err.str())
 
         while True:
-            producer = self.producer
+            with self._lock:
+                producer = self.producer
+                self._outstanding[key] = item
             try:
                 producer.produce(item.topic, value=rec.value, key=rec.key, headers=rec.headers,  # type: ignore[arg-type]
                                       on_delivery=delivered)
                 return
             except BufferError:
-                producer.poll(0.05)  # local queue full: let deliveries drain, then try again
-            except Exception as exc:
+                with self._lock:
+                    self._outstanding.pop(key, None)
+                try:
+                    producer.poll(0.05)  # local queue full: let deliveries drain, then try again
+                except KafkaException:
+                    time.sleep(0.05)
+            except Exception as exc:  # KafkaException and argument errors alike
+                with self._lock:
+                    self._outstanding.pop(key, None)
                 self._failed(item, f"{type(exc).__name__}: {exc}")
                 return
 
@@ -119,26 +131,54 @@ class Publisher:
 
     def _serve(self) -> None:
         while not self._stop.is_set():
+            try:
+                self._serve_once()
+            except Exception:
+                log.exception("publisher loop error; continuing")
+                time.sleep(0.1)
+
+    def _serve_once(self) -> None:
+        try:
             self.producer.poll(0.05)
-            for old in list(self._retired):
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if isinstance(err, KafkaError) and err.fatal():
+                # e.g. the broker forgot this idempotent producer's id: only a new producer helps.
+                self._reset(f"fatal producer error: {err.str()}")
+            else:
+                raise
+        for old in list(self._retired):
+            with contextlib.suppress(KafkaException):  # a retired producer's fatal error: already handled
                 old.poll(0)
-                if len(old) == 0:
-                    self._retired.remove(old)
-            self._maybe_reset()
-            self._resend_due()
+            if len(old) == 0:
+                self._retired.remove(old)
+        self._maybe_reset()
+        self._resend_due()
 
     def _maybe_reset(self) -> None:
         now = time.monotonic()
         since = self._failing_since
         if since is None or now - since < RESET_AFTER_S or now - self._last_reset < RESET_AFTER_S:
             return
-        log.warning("producer has failed for %.0fs: replacing it with a fresh one and retrying its records",
-                    now - since)
-        old, self.producer = self.producer, Producer(self._conf)
+        self._reset(f"produce has failed for {now - since:.0f}s")
+
+    def _reset(self, why: str) -> None:
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        log.warning("%s: replacing the producer with a fresh one and retrying its records", why)
+        fresh = Producer(self._conf)
+        with self._lock:
+            old, self.producer = self.producer, fresh
+            pending = list(self._outstanding.values())
+            self._outstanding.clear()
+            for item in pending:  # everything the old producer held is sent again by the new one
+                heapq.heappush(self._retries, _Retry(now, next(self._seq), item))
         self._last_reset = now
         self.resets += 1
-        old.purge(in_queue=True, in_flight=True, blocking=False)
-        self._retired.append(old)  # polled until its purged records have reported back (and been retried)
+        with contextlib.suppress(KafkaException):
+            old.purge(in_queue=True, in_flight=True, blocking=False)
+        self._retired.append(old)  # polled until drained; its reports are ignored
 
     def _resend_due(self) -> None:
         now = time.monotonic()
@@ -149,6 +189,10 @@ class Publisher:
         for item in due:
             self.send(item)
 
+    def healthy(self) -> bool:
+        """No failure since the last success, and nothing waiting to be retried."""
+        return self._failing_since is None and self.pending_retries() == 0
+
     def pending_retries(self) -> int:
         with self._lock:
             return len(self._retries)
@@ -157,17 +201,20 @@ class Publisher:
         """Wait for outstanding deliveries (and due retries). Returns how many are still pending."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            left = self.producer.flush(min(0.2, max(0.0, deadline - time.monotonic())))
-            for old in self._retired:
-                old.poll(0)
-            self._maybe_reset()
-            self._resend_due()
+            try:
+                left = self.producer.flush(min(0.2, max(0.0, deadline - time.monotonic())))
+            except KafkaException:
+                left = len(self.producer)
+            try:
+                self._serve_once()
+            except Exception:
+                log.exception("publisher flush error; continuing")
             if left == 0 and self.pending_retries() == 0:
                 return 0
         return len(self.producer) + self.pending_retries()
 
     def close(self, timeout: float) -> int:
         self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=2)
+        if self.thread.is_alive():
+            self.thread.join(timeout=2)
         return self.flush(timeout)
