@@ -159,6 +159,12 @@ def test_rebalance_storm(broker: LocalBroker, tiny_encoder: Path, tiny_head: Pat
     stream = StreamProducer(broker.bootstrap, topics.input, n, rate)
     workers = [start_worker(broker, topics, tiny_encoder, tiny_head, tmp_path / f"w{i}.log",
                             EMOTION_WORKER_KAFKA__ASSIGNMENT_STRATEGY=strategy) for i in range(3)]
+    # Tansu's group coordinator was seen to stall for minutes (no member assigned anything) when
+    # members left and joined while a rebalance was still under way; so the group forms before the
+    # storm starts, and re-forms after each leave/join.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not all(" assigned " in w.log() for w in workers):
+        time.sleep(0.2)
     stream.start()
     rng = random.Random(5)
     events = 0
@@ -169,8 +175,13 @@ def test_rebalance_storm(broker: LocalBroker, tiny_encoder: Path, tiny_head: Pat
         victim.signal(how)
         victim.wait(30)
         time.sleep(rng.uniform(0.2, 1.0))
+        joined_before = victim.log().count(" assigned ")
         victim.start()
         events += 1
+        # Let the group re-form before the next event (see the note above about Tansu).
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and victim.log().count(" assigned ") == joined_before:
+            time.sleep(0.2)
     result = account(broker, topics, {f"s{i}" for i in range(n)}, timeout=240)
     for w in workers:
         assert w.stop() == 0
