@@ -29,6 +29,14 @@ def table(r: dict[str, Any]) -> str:
                      f"int8 {ratios['engine_int8_vs_peer']:.2f}x.")
     s = r["single_text_ms"]
     lines.append(f"Single text, alone: fp32 p50 {s['fp32']['p50']:.1f} ms, int8 p50 {s['int8']['p50']:.1f} ms.")
+    h = r.get("head_call")
+    if h:
+        lines.append(f"Separate head session: {h['head_ms']:.2f} ms per call of 16 texts against "
+                     f"{h['encoder_ms']:.1f} ms for the encoder ({h['head_share'] * 100:.2f}% of the time).")
+    c = r.get("cache")
+    if c:
+        lines.append(f"Recent-text cache on a stream with {c['repeat_share'] * 100:.0f}% common short lines: "
+                     f"{c['cache']:.1f} vs {c['no_cache']:.1f} texts/s without ({c['gain']:.2f}x).")
     q = r.get("quality_offline_model")
     if q:
         lines.append(f"Offline model on dev ({q['rows']} texts): macro F1 fp32 {q['macro_f1_fp32']:.4f}, int8 "
@@ -38,7 +46,8 @@ def table(r: dict[str, Any]) -> str:
         b = w["backlog"]
         lines += ["", "| worker through a real broker (int8) | value |", "| --- | ---: |",
                   f"| backlog of {w['messages']} messages | {b['texts_per_s']:.1f} texts/s "
-                  f"({b['vs_engine_in_memory']:.2f}x engine in memory) |"]
+                  f"({b['vs_engine_in_memory']:.2f}x the engine in memory on the same texts, "
+                  f"{b['engine_in_memory_texts_per_s']:.1f}/s) |"]
         for key, name in (("half_load", "half load"), ("trickle", "trickle")):
             v = w[key]
             if v.get("n"):

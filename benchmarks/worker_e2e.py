@@ -35,7 +35,10 @@ class OutputReader(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set():
-            for m in self.consumer.consume(1000, timeout=0.05):
+            first = self.consumer.poll(0.05)  # returns on arrival, unlike consume(n, timeout)
+            if first is None:
+                continue
+            for m in [first, *self.consumer.consume(1000, timeout=0)]:
                 if m.error() is None:
                     self.records.append((time.time(), orjson.loads(m.value() or b"{}")))
         self.consumer.close()
@@ -73,8 +76,20 @@ def latencies(records: list[tuple[float, dict[str, Any]]], prefix: str) -> dict[
             "p99_ms": float(np.percentile(a, 99)), "processing_p50_ms": float(np.median(proc))}
 
 
-def run_worker_benchmarks(model: Path, head: Path, texts: list[str], n: int, engine_tps: float) -> dict[str, Any]:
+def engine_throughput(model: Path, head: Path, texts: list[str]) -> float:
+    """The engine in memory on exactly the backlog's texts, in one call (one global length sort)."""
+    from worker.engine.engine import Engine, EngineOptions
+
+    engine = Engine(EngineOptions(embedder=str(model), head=str(head), cache_size=0))
+    engine.probabilities(texts[:64])
+    t0 = time.perf_counter()
+    engine.probabilities(texts)
+    return len(texts) / (time.perf_counter() - t0)
+
+
+def run_worker_benchmarks(model: Path, head: Path, texts: list[str], n: int) -> dict[str, Any]:
     out: dict[str, Any] = {"model": str(model), "messages": n}
+    engine_tps = engine_throughput(model, head, texts[:n])
     tmp = Path(".cache/bench/run")
     tmp.mkdir(parents=True, exist_ok=True)
     with LocalBroker(log_path=tmp / "broker.log") as broker:

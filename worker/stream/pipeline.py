@@ -148,10 +148,14 @@ class Pipeline:
             if tps:
                 self.consumer.pause([TopicPartition(t, p) for t, p in tps])
                 self._paused = set(tps)
-                log.info("paused %d partitions: %d messages in flight (limit %d)", len(tps), in_flight, limit)
+                log.debug("paused %d partitions: %d messages in flight (limit %d)", len(tps), in_flight, limit)
         elif self._paused and in_flight <= limit // 2:
-            self.consumer.resume([TopicPartition(t, p) for t, p in self._paused])
-            log.info("resumed %d partitions: %d in flight", len(self._paused), in_flight)
+            for t, p in self._paused:
+                try:
+                    self.consumer.resume([TopicPartition(t, p)])
+                except KafkaException as exc:  # that partition went away meanwhile
+                    log.warning("resume of %s[%d] failed: %s", t, p, exc)
+            log.debug("resumed %d partitions: %d in flight", len(self._paused), in_flight)
             self._paused = set()
         self.metrics.paused.set(len(self._paused))
 
@@ -257,8 +261,13 @@ class Pipeline:
                  k.dead_letter_topic, k.group_id)
         commit_every = k.commit_interval_ms / 1000
         while not self.stop_event.is_set():
-            for msg in self.consumer.consume(num_messages=POLL_BATCH, timeout=0.05):
-                self._handle(msg)
+            # poll() returns as soon as one message is there (consume() would wait out its timeout
+            # for a full batch: up to 50 ms on a quiet stream); then drain what is already queued.
+            first = self.consumer.poll(0.05)
+            if first is not None:
+                self._handle(first)
+                for msg in self.consumer.consume(num_messages=POLL_BATCH - 1, timeout=0):
+                    self._handle(msg)
             self.health.beat()
             self.health.output_ok = self.publisher.healthy()
             self._backpressure()
