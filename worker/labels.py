@@ -7,3 +7,12 @@ LABELS: tuple[str, ...] = (
     "pride", "realization", "relief", "remorse", "sadness", "surprise", "neutral",
 )
 NUM_LABELS = len(LABELS)
+
+
+def label_mismatch(names: list[str]) -> str | None:
+    """None when `names` are exactly the 28 labels (any order); else what is missing and unexpected."""
+    missing = [label for label in LABELS if label not in names]
+    extra = [n for n in names if n not in LABELS]
+    if not missing and not extra:
+        return None
+    return f"missing {missing or 'none'}, unexpected {extra or 'none'}"

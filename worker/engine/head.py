@@ -9,7 +9,7 @@ import numpy as np
 
 from worker.engine.session import RuntimeOptions, open_session
 from worker.errors import ModelError
-from worker.labels import LABELS
+from worker.labels import LABELS, label_mismatch
 
 HEAD_INPUT = "logits"
 
@@ -29,14 +29,9 @@ class Head:
             )
         width = inputs[0].shape[1] if len(inputs[0].shape) == 2 else None
         self.input_width: int | None = width if isinstance(width, int) else None
-        names = [o.name for o in self.session.get_outputs()]
-        missing = [label for label in LABELS if label not in names]
-        extra = [n for n in names if n not in LABELS]
-        if missing or extra:
-            raise ModelError(
-                f"head {model_dir}: outputs must be the 28 GoEmotions labels; "
-                f"missing {missing or 'none'}, unexpected {extra or 'none'}"
-            )
+        mismatch = label_mismatch([o.name for o in self.session.get_outputs()])
+        if mismatch:
+            raise ModelError(f"head {model_dir}: outputs must be the 28 GoEmotions labels; {mismatch}")
         self.output_names = list(LABELS)
 
     def check_width(self, hidden: int) -> None:

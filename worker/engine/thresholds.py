@@ -10,18 +10,14 @@ from pathlib import Path
 import numpy as np
 
 from worker.errors import ModelError
-from worker.labels import LABELS
+from worker.labels import LABELS, label_mismatch
 
 
 class Thresholds:
     def __init__(self, values: Mapping[str, float]) -> None:
-        missing = [label for label in LABELS if label not in values]
-        extra = [k for k in values if k not in LABELS]
-        if missing or extra:
-            raise ModelError(
-                f"thresholds must cover the 28 GoEmotions labels; missing {missing or 'none'}, "
-                f"unexpected {extra or 'none'}"
-            )
+        mismatch = label_mismatch(list(values))
+        if mismatch:
+            raise ModelError(f"thresholds must cover the 28 GoEmotions labels; {mismatch}")
         bad = {k: v for k, v in values.items() if not 0.0 <= float(v) <= 1.0}
         if bad:
             raise ModelError(f"thresholds must lie in [0, 1]: {bad}")
