@@ -87,8 +87,8 @@ def engine_throughput(model: Path, head: Path, texts: list[str]) -> float:
     return len(texts) / (time.perf_counter() - t0)
 
 
-def run_worker_benchmarks(model: Path, head: Path, texts: list[str], n: int) -> dict[str, Any]:
-    out: dict[str, Any] = {"model": str(model), "messages": n}
+def run_worker_benchmarks(model: Path, head: Path, texts: list[str], n: int, **worker_env: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"model": str(model), "messages": n, "worker_env": worker_env}
     engine_tps = engine_throughput(model, head, texts[:n])
     tmp = Path(".cache/bench/run")
     tmp.mkdir(parents=True, exist_ok=True)
@@ -100,7 +100,8 @@ def run_worker_benchmarks(model: Path, head: Path, texts: list[str], n: int) -> 
         reader = OutputReader(broker.bootstrap, topics.output)
         reader.start()
         worker = start_worker(broker, topics, model, head, tmp / "worker.log",
-                              EMOTION_WORKER_MODEL__CACHE_SIZE="0", EMOTION_WORKER_OBSERVE__LOG_LEVEL="WARNING")
+                              **{"EMOTION_WORKER_MODEL__CACHE_SIZE": "0", "EMOTION_WORKER_OBSERVE__LOG_LEVEL": "WARNING",
+                                 **worker_env})
         try:
             assert reader.wait_for(n, timeout=600), "backlog not processed"
             recv = sorted(t for t, _ in reader.records[:n])

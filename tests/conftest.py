@@ -53,6 +53,16 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
         yield b
 
 
+@pytest.fixture(autouse=True)
+def _no_leftover_workers() -> Iterator[None]:
+    """A failed assertion must not leave worker processes running into later tests."""
+    from .kafka_helpers import LIVE
+
+    yield
+    while LIVE:
+        LIVE.pop().kill_if_running()
+
+
 def require_minilm() -> Path:
     if not (MINILM_DIR / "model.onnx").is_file():
         pytest.skip("offline default embedder not exported: run `emotion-worker export --default`")

@@ -97,6 +97,9 @@ def end_offsets(bootstrap: str, topic: str, expect: int) -> dict[int, int]:
     return out
 
 
+LIVE: list[WorkerProcess] = []  # every worker started; the conftest kills leftovers after each test
+
+
 @dataclass
 class WorkerProcess:
     env: dict[str, str]
@@ -111,7 +114,13 @@ class WorkerProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "worker", "run"], cwd=ROOT, env=self.env,
                                      stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        LIVE.append(self)
         return self
+
+    def kill_if_running(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None

@@ -152,7 +152,7 @@ def test_crash_kill9_restart(broker: LocalBroker, tiny_encoder: Path, tiny_head:
 @pytest.mark.parametrize("strategy", [os.environ.get("STORM_STRATEGY", "range")])
 def test_rebalance_storm(broker: LocalBroker, tiny_encoder: Path, tiny_head: Path, tmp_path: Path,
                          report: list[dict[str, Any]], strategy: str) -> None:
-    n = 60_000 if LONG else 15_000
+    n = 120_000 if LONG else 30_000
     rate = 1000.0
     topics = Topics.fresh(broker, partitions=6)
     started = time.monotonic()

@@ -118,6 +118,8 @@ class ModelSettings(Section):
     providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
     threads: int = Field(2, ge=1, le=256)
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    # onnxruntime session config entries, e.g. {"session.intra_op.allow_spinning": "0"}
+    session_config: dict[str, str] = Field(default_factory=dict)
     cache_size: int = Field(4096, ge=0)
     batch_size: int = Field(16, ge=1, le=1024)  # texts per model call, after length sorting
     token_budget: int = Field(4096, ge=64)  # padded tokens per model call

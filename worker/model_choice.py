@@ -71,6 +71,7 @@ def engine_options(settings: ModelSettings) -> tuple[EngineOptions, str]:
             intra_op_threads=settings.threads,
             graph_optimization=settings.graph_optimization,
             providers=tuple(settings.providers),
+            extra_session_config=dict(settings.session_config),
         ),
     )
     return options, choice.description
