@@ -99,9 +99,8 @@ def run_worker_benchmarks(model: Path, head: Path, texts: list[str], n: int, **w
                 [(str(i).encode(), orjson.dumps({"id": f"b{i}", "text": t}), []) for i, t in enumerate(backlog)])
         reader = OutputReader(broker.bootstrap, topics.output)
         reader.start()
-        worker = start_worker(broker, topics, model, head, tmp / "worker.log",
-                              **{"EMOTION_WORKER_MODEL__CACHE_SIZE": "0", "EMOTION_WORKER_OBSERVE__LOG_LEVEL": "WARNING",
-                                 **worker_env})
+        env = {"EMOTION_WORKER_MODEL__CACHE_SIZE": "0", "EMOTION_WORKER_OBSERVE__LOG_LEVEL": "WARNING", **worker_env}
+        worker = start_worker(broker, topics, model, head, tmp / "worker.log", **env)
         try:
             assert reader.wait_for(n, timeout=600), "backlog not processed"
             recv = sorted(t for t, _ in reader.records[:n])
