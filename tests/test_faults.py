@@ -149,7 +149,7 @@ def test_crash_kill9_restart(broker: LocalBroker, tiny_encoder: Path, tiny_head:
     assert result["duplicates"] <= crashes * (in_flight + 500 + int(rate * commit_ms / 1000)), result
 
 
-@pytest.mark.parametrize("strategy", [os.environ.get("STORM_STRATEGY", "range")])
+@pytest.mark.parametrize("strategy", ["cooperative-sticky", "range"])
 def test_rebalance_storm(broker: LocalBroker, tiny_encoder: Path, tiny_head: Path, tmp_path: Path,
                          report: list[dict[str, Any]], strategy: str) -> None:
     n = 120_000 if LONG else 30_000
