@@ -51,7 +51,7 @@ def consumer_conf(
     return conf
 
 
-def producer_conf(k: KafkaSettings) -> dict[str, str]:
+def producer_conf(k: KafkaSettings) -> dict[str, Any]:
     conf: dict[str, Any] = {**k.common, **k.producer,
                             "bootstrap.servers": k.output_bootstrap_servers or k.bootstrap_servers,
                             "error_cb": _error_cb, "logger": librdkafka_log}

@@ -233,7 +233,7 @@ class Pipeline:
             record = output_record(w.message, result, identity, scores=scores,
                                    processing_ms=(time.monotonic() - w.received) * 1000)
             self.publisher.send(Outgoing(self.settings.kafka.output_topic, "output", w.ticket, record,
-                                         self._acked_callback(w, result)))
+                                         _Acked(self.metrics, w.message.envelope.source.timestamp_ms, result)))
 
     def _classify_one(self, w: Work) -> Result | None:
         try:
@@ -242,9 +242,6 @@ class Pipeline:
             self._dead_letter(w.ticket, Rejected(w.message.envelope, "inference_error",
                                                  f"{type(exc).__name__}: {exc}"))
             return None
-
-    def _acked_callback(self, w: Work, result: Result) -> _Acked:
-        return _Acked(self.metrics, w.message.envelope.source.timestamp_ms, result)
 
     # ---- run --------------------------------------------------------------------------------
     def run(self) -> int:

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
@@ -47,7 +48,7 @@ class _Retry:
 class Publisher:
     def __init__(
         self,
-        producer_conf: dict[str, str],
+        producer_conf: dict[str, Any],
         tracker: OffsetTracker,
         *,
         on_failure: Callable[[Outgoing, str], None] | None = None,
