@@ -54,19 +54,23 @@ def head_probs(layers: list[tuple[np.ndarray, np.ndarray]], vec: np.ndarray) -> 
     return 1 / (1 + np.exp(-(vec @ w + b)))
 
 
+@pytest.mark.parametrize("fold", [True, False], ids=["folded", "separate"])
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
-def test_probabilities_match_numpy(tiny_encoder: Path, tiny_encoder_mean: Path, tmp_path: Path, pooling: str) -> None:
+def test_probabilities_match_numpy(tiny_encoder: Path, tiny_encoder_mean: Path, tmp_path: Path, pooling: str,
+                                   fold: bool) -> None:
     encoder = tiny_encoder if pooling == "cls" else tiny_encoder_mean
     layers = build_random_head(tmp_path / "head", TINY["hidden"], seed=3)
-    eng = engine(encoder, tmp_path / "head")
+    eng = engine(encoder, tmp_path / "head", fold_head=fold)
     assert eng.identity.pooling == pooling
+    assert (eng.folded is not None) == fold
     probs, _, _ = eng.probabilities(TEXTS)
     for i, text in enumerate(TEXTS):
         expected = head_probs(layers, reference_vector(encoder, text, pooling))
         np.testing.assert_allclose(probs[i], expected, atol=1e-5)
 
 
-def test_outputs_mapped_by_name_not_position(tiny_encoder: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("fold", [True, False], ids=["folded", "separate"])
+def test_outputs_mapped_by_name_not_position(tiny_encoder: Path, tmp_path: Path, fold: bool) -> None:
     shuffled = list(LABELS)
     random.Random(5).shuffle(shuffled)
     assert shuffled != list(LABELS)
@@ -74,9 +78,9 @@ def test_outputs_mapped_by_name_not_position(tiny_encoder: Path, tmp_path: Path)
     build_random_head(tmp_path / "ordered", TINY["hidden"], seed=4)
     sess = ort.InferenceSession(str(tmp_path / "shuffled" / "model.onnx"))
     assert [o.name for o in sess.get_outputs()] == shuffled
-    a = engine(tiny_encoder, tmp_path / "shuffled").probabilities(TEXTS)[0]
-    b = engine(tiny_encoder, tmp_path / "ordered").probabilities(TEXTS)[0]
-    np.testing.assert_array_equal(a, b)
+    a = engine(tiny_encoder, tmp_path / "shuffled", fold_head=fold).probabilities(TEXTS)[0]
+    b = engine(tiny_encoder, tmp_path / "ordered", fold_head=fold).probabilities(TEXTS)[0]
+    np.testing.assert_allclose(a, b, atol=1e-6)
     expected = head_probs(layers, reference_vector(tiny_encoder, TEXTS[0], "cls"))
     np.testing.assert_allclose(a[0], expected, atol=1e-5)
 
@@ -160,3 +164,34 @@ def test_cuda_provider_unavailable_is_clear(tiny_encoder: Path, tiny_head: Path)
     with pytest.raises(ModelError, match="CUDAExecutionProvider requested but not available"):
         Engine(EngineOptions(embedder=str(tiny_encoder), head=str(tiny_head),
                              runtime=RuntimeOptions(providers=("CUDAExecutionProvider",))))
+
+
+def test_fold_failure_falls_back_to_two_sessions(tiny_encoder: Path, tiny_head: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    import worker.engine.engine as engine_module
+
+    def cannot_fold(*_args: object) -> bytes:
+        raise ValueError("an operator the fold does not know")
+
+    folded = engine(tiny_encoder, tiny_head).probabilities(TEXTS)[0]
+    monkeypatch.setattr(engine_module, "fold_head", cannot_fold)
+    eng = engine(tiny_encoder, tiny_head)
+    assert eng.folded is None
+    assert "could not fold the head into the encoder" in caplog.text
+    np.testing.assert_allclose(eng.probabilities(TEXTS)[0], folded, atol=1e-5)
+
+
+def test_classify_stream_yields_every_position_once(tiny_encoder: Path, tiny_head: Path) -> None:
+    eng = Engine(EngineOptions(embedder=str(tiny_encoder), head=str(tiny_head), cache_size=16,
+                               max_batch_size=2))
+    eng.classify(["lol"])
+    texts = ["lol", "word " * 30, "thanks", "lol", "a b c", "thanks", "something longer than the rest " * 4]
+    chunks = list(eng.classify_stream(texts))
+    assert [i for i, _ in chunks[0]] == [0, 3]  # the cache hits come first
+    assert len(chunks) >= 3  # then one chunk per model call
+    positions = sorted(i for chunk in chunks for i, _ in chunk)
+    assert positions == list(range(len(texts)))
+    by_pos = {i: r for chunk in chunks for i, r in chunk}
+    assert by_pos[2] == by_pos[5]
+    assert [by_pos[i] for i in range(len(texts))] == eng.classify(texts)

@@ -27,8 +27,9 @@ def load_engine(settings: Settings) -> Engine:
     options, description = engine_options(settings.model)
     log.info("model: %s", description)
     engine = Engine(options)
-    log.info("model loaded and warmed: hidden %d, pooling %s, thresholds %s", engine.hidden_size,
-             engine.identity.pooling, engine.identity.thresholds_hash)
+    log.info("model loaded and warmed: hidden %s, pooling %s, thresholds %s, %s", engine.hidden_size,
+             engine.identity.pooling, engine.identity.thresholds_hash,
+             "head folded into the encoder" if engine.folded is not None else "separate head session")
     return engine
 
 

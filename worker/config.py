@@ -116,13 +116,20 @@ class ModelSettings(Section):
     threshold: float | None = Field(None, ge=0.0, le=1.0)
     label_thresholds: dict[str, float] = Field(default_factory=dict)
     providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
-    threads: int = Field(2, ge=1, le=256)
+    threads: int = Field(2, ge=1, le=256)  # compute threads in all: match the cores the worker may use
+    # Model calls run side by side, threads // concurrent_calls cores each. On CPUs 2 beats 1 at every
+    # batch size; use 1 with an accelerator (CUDA).
+    concurrent_calls: int = Field(2, ge=1, le=64)
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     # onnxruntime session config entries, e.g. {"session.intra_op.allow_spinning": "0"}
     session_config: dict[str, str] = Field(default_factory=dict)
     cache_size: int = Field(4096, ge=0)
     batch_size: int = Field(16, ge=1, le=1024)  # texts per model call, after length sorting
     token_budget: int = Field(4096, ge=64)  # padded tokens per model call
+    # The fixed cost of one model call in padded tokens: a micro-batch is cut where padding would
+    # cost more than this (24 fits 2 CPU cores; an accelerator's per-call cost is far higher).
+    call_overhead_tokens: int = Field(24, ge=0, le=100_000)
+    fold_head: bool = True  # run encoder, pooling and head as one ONNX session
 
     @field_validator("label_thresholds")
     @classmethod

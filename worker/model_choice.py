@@ -66,9 +66,12 @@ def engine_options(settings: ModelSettings) -> tuple[EngineOptions, str]:
         label_thresholds=dict(settings.label_thresholds),
         max_batch_size=settings.batch_size,
         token_budget=settings.token_budget,
+        call_overhead_tokens=settings.call_overhead_tokens,
+        fold_head=settings.fold_head,
         cache_size=settings.cache_size,
+        threads=settings.threads,
+        concurrent_calls=settings.concurrent_calls,
         runtime=RuntimeOptions(
-            intra_op_threads=settings.threads,
             graph_optimization=settings.graph_optimization,
             providers=tuple(settings.providers),
             extra_session_config=dict(settings.session_config),

@@ -1,4 +1,5 @@
-"""Length-sorted batches cut by a token budget, each padded only to its own longest text."""
+"""Length-sorted batches, cut where padding would cost more than another model call; each is padded
+only to its own longest text."""
 
 from __future__ import annotations
 
@@ -6,6 +7,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+
+# The fixed cost of one model call, in padded tokens: measured on 2 cores with a bge-small-shaped
+# model, a call costs about 4 ms (int8) to 8 ms (fp32) beyond its tokens, some 20-26 tokens' worth.
+CALL_OVERHEAD_TOKENS = 24
 
 
 @dataclass(frozen=True)
@@ -16,24 +21,42 @@ class Batch:
 
 
 def plan_batches(
-    lengths: list[int], *, max_batch_size: int, token_budget: int
+    lengths: list[int], *, max_batch_size: int, token_budget: int,
+    call_overhead_tokens: int = CALL_OVERHEAD_TOKENS, min_batches: int = 1,
 ) -> list[list[int]]:
-    """Group input positions into batches of similar length.
+    """Group input positions into batches of similar length, at the least total cost.
 
-    A batch's cost is n * longest (its padded size); it stays within token_budget unless a single
-    text alone is longer, and never holds more than max_batch_size texts.
+    Texts are sorted by length and cut into runs; a run costs its padded size (n * longest) plus
+    call_overhead_tokens, the fixed cost of one model call. The cut points are chosen by dynamic
+    programming, so a small mixed batch is split where padding would cost more than another call,
+    and similar lengths stay together. A run never holds more than max_batch_size texts and stays
+    within token_budget unless a single text alone is longer. With min_batches > 1 (calls that run
+    side by side) the costliest runs are halved until there are that many, texts permitting.
     """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    n = len(order)
+    best = [0.0] + [float("inf")] * n  # best[j]: least cost of the first j sorted texts
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        longest = lengths[order[j - 1]]
+        for size in range(1, min(max_batch_size, j) + 1):
+            if size > 1 and size * longest > token_budget:
+                break
+            cost = best[j - size] + call_overhead_tokens + size * longest
+            if cost < best[j]:
+                best[j], cut[j] = cost, j - size
     batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        longest = lengths[i]  # sorted ascending: the newcomer is the longest so far
-        if current and (len(current) >= max_batch_size or (len(current) + 1) * longest > token_budget):
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
+    j = n
+    while j > 0:
+        batches.append(order[cut[j]:j])
+        j = cut[j]
+    batches.reverse()
+    while len(batches) < min_batches:
+        k = max(range(len(batches)), key=lambda b: len(batches[b]) * lengths[batches[b][-1]])
+        if len(batches[k]) < 2:
+            break
+        half = len(batches[k]) // 2
+        batches[k:k + 1] = [batches[k][:half], batches[k][half:]]
     return batches
 
 
@@ -49,8 +72,10 @@ def pad_batch(token_ids: list[list[int]], indices: list[int], pad_id: int) -> Ba
 
 
 def iter_batches(
-    token_ids: list[list[int]], *, max_batch_size: int, token_budget: int, pad_id: int
+    token_ids: list[list[int]], *, max_batch_size: int, token_budget: int, pad_id: int,
+    call_overhead_tokens: int = CALL_OVERHEAD_TOKENS, min_batches: int = 1,
 ) -> Iterator[Batch]:
     lengths = [len(t) for t in token_ids]
-    for indices in plan_batches(lengths, max_batch_size=max_batch_size, token_budget=token_budget):
+    for indices in plan_batches(lengths, max_batch_size=max_batch_size, token_budget=token_budget,
+                                call_overhead_tokens=call_overhead_tokens, min_batches=min_batches):
         yield pad_batch(token_ids, indices, pad_id)

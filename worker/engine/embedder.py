@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
 from worker.engine.session import RuntimeOptions, open_session
@@ -23,6 +25,16 @@ def find_encoder_file(model_dir: Path) -> Path:
         f"embedder directory {model_dir} has no ONNX encoder (looked for model.onnx and "
         "onnx/model.onnx). Export one with: emotion-worker export <model> --output <dir>"
     )
+
+
+def graph_io(path: Path) -> tuple[set[str], list[str]]:
+    """The model's input names (initializers excluded) and output names, without loading weights."""
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception as exc:
+        raise ModelError(f"cannot read ONNX model {path}: {exc}") from exc
+    weights = {i.name for i in graph.initializer}
+    return {i.name for i in graph.input if i.name not in weights}, [o.name for o in graph.output]
 
 
 def read_pooling(model_dir: Path) -> str:
@@ -72,7 +84,8 @@ class Embedder:
     ) -> None:
         self.model_dir = model_dir
         self.max_length = max_length
-        encoder_file = find_encoder_file(model_dir)
+        self.encoder_file = find_encoder_file(model_dir)
+        self.runtime = runtime
         self.tokenizer = load_tokenizer(model_dir)
         self.tokenizer.enable_truncation(max_length=max_length)
         self.pooling = read_pooling(model_dir) if pooling == "auto" else pooling
@@ -80,9 +93,7 @@ class Embedder:
             raise ModelError(f"pooling must be 'auto', 'cls' or 'mean', got {self.pooling!r}")
         pad_id = self.tokenizer.token_to_id("[PAD]")
         self.pad_id = 0 if pad_id is None else pad_id
-        self.session = open_session(encoder_file, runtime)
-        self.input_names = {i.name for i in self.session.get_inputs()}
-        outputs = [o.name for o in self.session.get_outputs()]
+        self.input_names, outputs = graph_io(self.encoder_file)
         token_out = next((name for name in TOKEN_OUTPUTS if name in outputs), None)
         if token_out is None:
             raise ModelError(
@@ -93,6 +104,20 @@ class Embedder:
         missing = {"input_ids", "attention_mask"} - self.input_names
         if missing:
             raise ModelError(f"embedder {model_dir}: ONNX inputs lack {sorted(missing)}")
+        self._session: ort.InferenceSession | None = None
+
+    @property
+    def session(self) -> ort.InferenceSession:
+        """Opened on first use: an engine that folds the head into the encoder never opens it."""
+        if self._session is None:
+            self._session = open_session(self.encoder_file, self.runtime)
+        return self._session
+
+    def declared_width(self) -> int | None:
+        """The hidden width the encoder's ONNX graph declares for its token output, if fixed."""
+        graph = onnx.load(str(self.encoder_file), load_external_data=False).graph
+        dims = next(o for o in graph.output if o.name == self.output_name).type.tensor_type.shape.dim
+        return dims[-1].dim_value if dims and dims[-1].HasField("dim_value") else None
 
     def tokenize(self, texts: list[str]) -> Tokenized:
         encodings: list[Encoding] = self.tokenizer.encode_batch(texts)

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
-from worker.engine.batching import iter_batches
+from worker.engine.batching import CALL_OVERHEAD_TOKENS, iter_batches
 from worker.engine.cache import ResultCache
-from worker.engine.embedder import Embedder
+from worker.engine.embedder import Embedder, Tokenized
+from worker.engine.fold import PROBABILITIES, fold_head
 from worker.engine.head import Head
 from worker.engine.resolve import resolve_model_dir
 from worker.engine.result import ModelIdentity, Result, Timing
-from worker.engine.session import RuntimeOptions
+from worker.engine.session import RuntimeOptions, open_session_bytes
 from worker.engine.thresholds import Thresholds
 from worker.errors import ModelError
 from worker.labels import LABELS
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -29,13 +37,22 @@ class EngineOptions:
     label_thresholds: dict[str, float] = field(default_factory=dict)
     max_batch_size: int = 16
     token_budget: int = 4096
+    call_overhead_tokens: int = CALL_OVERHEAD_TOKENS
     cache_size: int = 4096
+    fold_head: bool = True  # one session for encoder, pooling and head
+    threads: int = 2  # compute threads in all
+    concurrent_calls: int = 2  # model calls run side by side, threads // concurrent_calls cores each
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
 
 
 class Engine:
     def __init__(self, options: EngineOptions) -> None:
-        self.options = options
+        if options.threads < 1 or options.concurrent_calls < 1:
+            raise ModelError("threads and concurrent_calls must be at least 1")
+        runtime = replace(options.runtime, intra_op_threads=max(1, options.threads // options.concurrent_calls))
+        self.options = options = replace(options, runtime=runtime)
+        self._pool = (ThreadPoolExecutor(options.concurrent_calls, thread_name_prefix="model")
+                      if options.concurrent_calls > 1 else None)
         embedder_dir = resolve_model_dir(options.embedder, what="embedder")
         head_dir = resolve_model_dir(options.head, what="head")
         self.embedder = Embedder(
@@ -54,58 +71,143 @@ class Engine:
             thresholds_hash=self.thresholds.digest(),
             pooling=self.embedder.pooling,
         )
+        self.folded: ort.InferenceSession | None = None
+        self.hidden_size: int | None = None
         self.warm_up()
+        if options.fold_head:
+            self.folded = self._fold(head_dir)
 
     def warm_up(self) -> None:
         """Run once so the first real batch pays no start-up cost; checks head vs embedder width."""
-        tokenized = self.embedder.tokenize(["warm up the engine"])
-        batch = next(iter_batches(tokenized.ids, max_batch_size=1, token_budget=10**6,
-                                  pad_id=self.embedder.pad_id))
-        vectors = self.embedder.embed_padded(batch.ids, batch.mask)
+        if self.options.fold_head:
+            # Read the width from the graph: a separate encoder session is never opened.
+            self.hidden_size = self.embedder.declared_width() or self.head.input_width
+            if self.hidden_size is not None:
+                self.head.check_width(self.hidden_size)
+            return
+        vectors = self.embedder.embed_padded(*self._warm_up_batch())
         self.hidden_size = int(vectors.shape[1])
         self.head.check_width(self.hidden_size)
         probs = self.head.probabilities(vectors)
         if probs.shape != (1, len(LABELS)):
             raise ModelError(f"head produced shape {probs.shape}, expected (1, 28)")
 
-    def probabilities(self, texts: list[str], timing: Timing | None = None) -> tuple[np.ndarray, list[bool], list[int]]:
-        """(N, 28) probabilities, truncation flags and token counts, in input order."""
-        timing = timing if timing is not None else Timing()
+    def _warm_up_batch(self) -> tuple[np.ndarray, np.ndarray]:
+        tokenized = self.embedder.tokenize(["warm up the engine"])
+        batch = next(iter_batches(tokenized.ids, max_batch_size=1, token_budget=10**6,
+                                  pad_id=self.embedder.pad_id))
+        return batch.ids, batch.mask
+
+    def _fold(self, head_dir: Path) -> ort.InferenceSession | None:
+        """One session for encoder, pooling and head; None (two sessions) if the models can't be joined."""
+        try:
+            folded = fold_head(self.embedder.encoder_file, self.embedder.output_name, self.embedder.pooling,
+                               head_dir / "model.onnx")
+            session = open_session_bytes(folded, self.options.runtime)
+            ids, mask = self._warm_up_batch()
+            (probs,) = session.run([PROBABILITIES], self.embedder.feeds(ids, mask))
+        except Exception as exc:  # a model the fold can't join still works, in two sessions
+            log.warning("could not fold the head into the encoder (%s: %s); using separate sessions",
+                        type(exc).__name__, exc)
+            self.options = replace(self.options, fold_head=False)
+            self.warm_up()
+            return None
+        if probs.shape != (1, len(LABELS)):
+            raise ModelError(f"head produced shape {probs.shape}, expected (1, 28)")
+        return session
+
+    def _score(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        if self.folded is not None:
+            (probs,) = self.folded.run([PROBABILITIES], self.embedder.feeds(ids, mask))
+            return np.asarray(probs, dtype=np.float32)
+        return self.head.probabilities(self.embedder.embed_padded(ids, mask))
+
+    def _tokenize(self, texts: list[str], timing: Timing) -> Tokenized:
         t0 = time.perf_counter()
         tokenized = self.embedder.tokenize(texts)
         timing.tokenize_s += time.perf_counter() - t0
-        probs = np.zeros((len(texts), len(LABELS)), dtype=np.float32)
-        t1 = time.perf_counter()
-        for batch in iter_batches(
+        return tokenized
+
+    def _scored_batches(self, tokenized: Tokenized, timing: Timing) -> Iterator[tuple[list[int], np.ndarray]]:
+        """(positions, probabilities) per model call, as each call finishes.
+
+        With concurrent_calls > 1 the calls run side by side on the model threads, each with
+        threads // concurrent_calls cores: on CPUs two single-threaded calls beat one two-threaded
+        call at every batch size (no per-operator hand-off between threads, and one busy core
+        does not stall the other call).
+        """
+        batches = list(iter_batches(
             tokenized.ids,
             max_batch_size=self.options.max_batch_size,
             token_budget=self.options.token_budget,
+            call_overhead_tokens=self.options.call_overhead_tokens,
+            min_batches=self.options.concurrent_calls,
             pad_id=self.embedder.pad_id,
-        ):
-            vectors = self.embedder.embed_padded(batch.ids, batch.mask)
-            probs[batch.indices] = self.head.probabilities(vectors)
-            timing.batches += 1
-        timing.model_s += time.perf_counter() - t1
+        ))
+        if self._pool is None or len(batches) == 1:
+            for batch in batches:
+                t0 = time.perf_counter()
+                probs = self._score(batch.ids, batch.mask)
+                timing.model_s += time.perf_counter() - t0
+                timing.batches += 1
+                yield batch.indices, probs
+            return
+        running = {self._pool.submit(self._score, b.ids, b.mask): b.indices for b in batches}
+        pending = set(running)
+        try:
+            while pending:
+                t0 = time.perf_counter()
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                timing.model_s += time.perf_counter() - t0  # time spent waiting for the model
+                for future in done:
+                    timing.batches += 1
+                    yield running[future], future.result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+    def probabilities(self, texts: list[str], timing: Timing | None = None) -> tuple[np.ndarray, list[bool], list[int]]:
+        """(N, 28) probabilities, truncation flags and token counts, in input order."""
+        timing = timing if timing is not None else Timing()
+        tokenized = self._tokenize(texts, timing)
+        probs = np.zeros((len(texts), len(LABELS)), dtype=np.float32)
+        for indices, batch_probs in self._scored_batches(tokenized, timing):
+            probs[indices] = batch_probs
         return probs, tokenized.truncated, [len(ids) for ids in tokenized.ids]
 
-    def classify(self, texts: list[str], timing: Timing | None = None) -> list[Result]:
+    def classify_stream(self, texts: list[str], timing: Timing | None = None) -> Iterator[list[tuple[int, Result]]]:
+        """Results as they are ready: cache hits first, then one chunk per model call, as
+        (input position, result) pairs. Every position appears exactly once."""
         timing = timing if timing is not None else Timing()
-        results: list[Result | None] = [self.cache.get(t) for t in texts]
-        todo = [i for i, r in enumerate(results) if r is None]
-        timing.cache_hits += len(texts) - len(todo)
-        if todo:
-            # Identical texts inside one call are computed once.
-            unique = list(dict.fromkeys(texts[i] for i in todo))
-            probs, truncated, tokens = self.probabilities(unique, timing)
+        positions: dict[str, list[int]] = {}
+        hits: list[tuple[int, Result]] = []
+        for i, text in enumerate(texts):
+            cached = self.cache.get(text)
+            if cached is not None:
+                hits.append((i, cached))
+            else:
+                positions.setdefault(text, []).append(i)  # identical texts are computed once
+        timing.cache_hits += len(hits)
+        if hits:
+            yield hits
+        if not positions:
+            return
+        unique = list(positions)
+        tokenized = self._tokenize(unique, timing)
+        for indices, probs in self._scored_batches(tokenized, timing):
             passed = self.thresholds.passed(probs)
-            fresh = {
-                text: self._result(probs[k], passed[k], truncated[k], tokens[k])
-                for k, text in enumerate(unique)
-            }
-            for text, result in fresh.items():
-                self.cache.put(text, result)
-            for i in todo:
-                results[i] = fresh[texts[i]]
+            chunk: list[tuple[int, Result]] = []
+            for row, k in enumerate(indices):
+                result = self._result(probs[row], passed[row], tokenized.truncated[k], len(tokenized.ids[k]))
+                self.cache.put(unique[k], result)
+                chunk.extend((i, result) for i in positions[unique[k]])
+            yield chunk
+
+    def classify(self, texts: list[str], timing: Timing | None = None) -> list[Result]:
+        results: list[Result | None] = [None] * len(texts)
+        for chunk in self.classify_stream(texts, timing):
+            for i, result in chunk:
+                results[i] = result
         return [r for r in results if r is not None]
 
     @staticmethod

@@ -41,6 +41,22 @@ def check_providers(providers: tuple[str, ...]) -> list[str]:
 
 
 def open_session(path: Path, options: RuntimeOptions, *, threads: int | None = None) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(str(path), sess_options=session_options(options, threads),
+                                    providers=check_providers(options.providers))
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"cannot load ONNX model {path}: {exc}") from exc
+
+
+def open_session_bytes(model: bytes, options: RuntimeOptions) -> ort.InferenceSession:
+    """A session on a model built in memory (the folded encoder + head)."""
+    return ort.InferenceSession(model, sess_options=session_options(options, None),
+                                providers=check_providers(options.providers))
+
+
+def session_options(options: RuntimeOptions, threads: int | None) -> ort.SessionOptions:
     if options.graph_optimization not in GRAPH_LEVELS:
         raise ModelError(
             f"graph_optimization {options.graph_optimization!r} must be one of {sorted(GRAPH_LEVELS)}"
@@ -53,8 +69,4 @@ def open_session(path: Path, options: RuntimeOptions, *, threads: int | None = N
     so.log_severity_level = 3
     for key, value in options.extra_session_config.items():
         so.add_session_config_entry(key, value)
-    providers = check_providers(options.providers)
-    try:
-        return ort.InferenceSession(str(path), sess_options=so, providers=providers)
-    except Exception as exc:
-        raise ModelError(f"cannot load ONNX model {path}: {exc}") from exc
+    return so

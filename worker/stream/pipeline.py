@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -38,6 +40,9 @@ class Classifier(Protocol):
     identity: ModelIdentity
 
     def classify(self, texts: list[str], timing: Timing | None = None) -> list[Result]: ...
+
+    def classify_stream(self, texts: list[str], timing: Timing | None = None,
+                        ) -> Iterator[list[tuple[int, Result]]]: ...
 
 
 @dataclass(frozen=True)
@@ -208,32 +213,50 @@ class Pipeline:
             self._inference_done.set()
 
     def _infer(self, batch: list[Work]) -> None:
+        """Classify a micro-batch, publishing each model call's results as soon as they are ready.
+
+        The engine runs the shortest texts first; a result is published only once every earlier
+        message of its partition is, so each partition's outputs keep their input order.
+        """
         work = [w for w in batch if self.tracker.is_current(w.ticket)]
         if not work:
             return
         timing = Timing()
-        texts = [w.message.text for w in work]
-        results: list[Result | None]
+        ready: dict[int, Result | None] = {}
+        queues: dict[tuple[str, int], deque[int]] = {}
+        for i, w in enumerate(work):
+            queues.setdefault(w.ticket.tp, deque()).append(i)
+
+        def release() -> None:
+            for q in queues.values():
+                while q and q[0] in ready:
+                    i = q.popleft()
+                    self._publish(work[i], ready[i])
+
         try:
-            results = list(self.classifier.classify(texts, timing))
+            for chunk in self.classifier.classify_stream([w.message.text for w in work], timing):
+                ready.update(chunk)
+                release()
         except Exception:
-            log.exception("inference failed for a batch of %d; retrying one by one", len(work))
-            results = [self._classify_one(w) for w in work]
+            todo = [i for i in range(len(work)) if i not in ready]
+            log.exception("inference failed for %d of a batch of %d; retrying them one by one", len(todo), len(work))
+            for i in todo:
+                ready[i] = self._classify_one(work[i])
+            release()
         m = self.metrics
         m.batch_size.observe(len(work))
         m.inference_seconds.labels(stage="tokenize").observe(timing.tokenize_s)
         m.inference_seconds.labels(stage="model").observe(timing.model_s)
         if timing.cache_hits:
             m.cache_hits.inc(timing.cache_hits)
-        scores = self.settings.output.scores
-        identity = self.classifier.identity
-        for w, result in zip(work, results, strict=True):
-            if result is None:
-                continue
-            record = output_record(w.message, result, identity, scores=scores,
-                                   processing_ms=(time.monotonic() - w.received) * 1000)
-            self.publisher.send(Outgoing(self.settings.kafka.output_topic, "output", w.ticket, record,
-                                         _Acked(self.metrics, w.message.envelope.source.timestamp_ms, result)))
+
+    def _publish(self, w: Work, result: Result | None) -> None:
+        if result is None:
+            return  # dead-lettered by _classify_one
+        record = output_record(w.message, result, self.classifier.identity, scores=self.settings.output.scores,
+                               processing_ms=(time.monotonic() - w.received) * 1000)
+        self.publisher.send(Outgoing(self.settings.kafka.output_topic, "output", w.ticket, record,
+                                     _Acked(self.metrics, w.message.envelope.source.timestamp_ms, result)))
 
     def _classify_one(self, w: Work) -> Result | None:
         try:
