@@ -151,9 +151,11 @@ def test_readyz_red_until_joined_and_healthz_while_running(broker: LocalBroker, 
     worker = start_worker(broker, topics, tiny_encoder, tiny_head, tmp_path / "w.log")
     try:
         wait_for(lambda: http_get(f"http://127.0.0.1:{worker.port}/healthz")[0] == 200, 60, "healthz")
+        # Live while the model loads; ready only once it has loaded and the group is joined.
+        wait_for(lambda: orjson.loads(http_get(f"http://127.0.0.1:{worker.port}/readyz")[1])["model_loaded"],
+                 60, "model loaded")
         status, body = http_get(f"http://127.0.0.1:{worker.port}/readyz")
         doc = orjson.loads(body)
-        assert doc["model_loaded"] is True
         if status == 503:
             assert doc["group_joined"] is False
         wait_for(lambda: http_get(f"http://127.0.0.1:{worker.port}/readyz")[0] == 200, 60, "ready")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -29,6 +28,7 @@ from worker.stream.microbatch import MicroBatcher
 from worker.stream.offsets import OffsetTracker, Ticket
 from worker.stream.publish import Outgoing, Publisher
 from worker.stream.records import dead_letter_record, output_record
+from worker.stream.release import OrderedRelease
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,10 @@ class Pipeline:
             settings.batching.max_batch_size, settings.batching.max_wait_ms / 1000
         )
         self.stop_event = stop_event if stop_event is not None else threading.Event()
+        self.release: OrderedRelease[Work, Result | None] = OrderedRelease(lambda w: w.ticket, self._publish)
         self._inference_done = threading.Event()
+        self._inference_running = 0
+        self._inference_lock = threading.Lock()
         self._paused: set[tuple[str, int]] = set()
         self._last_committed: dict[tuple[str, int], int] = {}
         self._last_commit = time.monotonic()
@@ -106,6 +109,7 @@ class Pipeline:
                         "by the next owner)", _names(partitions), timeout)
         self._commit(tps, asynchronous=False)
         for tp in tps:
+            self.release.forget(tp)
             self.tracker.forget(tp)
             self._paused.discard(tp)
             self._last_committed.pop(tp, None)
@@ -116,6 +120,7 @@ class Pipeline:
         self.metrics.rebalances.labels(kind="lost").inc()
         for p in partitions:
             tp = (p.topic, p.partition)
+            self.release.forget(tp)
             dropped = self.tracker.forget(tp)
             self._paused.discard(tp)
             self._last_committed.pop(tp, None)
@@ -188,7 +193,9 @@ class Pipeline:
         if isinstance(decoded, Rejected):
             self._dead_letter(ticket, decoded)
         else:
-            self.batcher.put(Work(ticket, decoded, time.monotonic()))
+            work = Work(ticket, decoded, time.monotonic())
+            self.release.expect(work)
+            self.batcher.put(work)
 
     def _dead_letter(self, ticket: Ticket, rejected: Rejected) -> None:
         reason = rejected.reason
@@ -210,39 +217,29 @@ class Pipeline:
                     continue
                 self._infer(batch)
         finally:
-            self._inference_done.set()
+            with self._inference_lock:
+                self._inference_running -= 1
+                if self._inference_running == 0:
+                    self._inference_done.set()
 
     def _infer(self, batch: list[Work]) -> None:
-        """Classify a micro-batch, publishing each model call's results as soon as they are ready.
-
-        The engine runs the shortest texts first; a result is published only once every earlier
-        message of its partition is, so each partition's outputs keep their input order.
-        """
+        """Classify a micro-batch; each model call's results go to the release as they are ready
+        (it publishes them in partition order, whichever micro-batch or call finishes first)."""
         work = [w for w in batch if self.tracker.is_current(w.ticket)]
         if not work:
             return
         timing = Timing()
-        ready: dict[int, Result | None] = {}
-        queues: dict[tuple[str, int], deque[int]] = {}
-        for i, w in enumerate(work):
-            queues.setdefault(w.ticket.tp, deque()).append(i)
-
-        def release() -> None:
-            for q in queues.values():
-                while q and q[0] in ready:
-                    i = q.popleft()
-                    self._publish(work[i], ready[i])
-
+        finished: set[int] = set()
         try:
             for chunk in self.classifier.classify_stream([w.message.text for w in work], timing):
-                ready.update(chunk)
-                release()
+                for i, result in chunk:
+                    finished.add(i)
+                    self.release.done(work[i], result)
         except Exception:
-            todo = [i for i in range(len(work)) if i not in ready]
+            todo = [i for i in range(len(work)) if i not in finished]
             log.exception("inference failed for %d of a batch of %d; retrying them one by one", len(todo), len(work))
             for i in todo:
-                ready[i] = self._classify_one(work[i])
-            release()
+                self.release.done(work[i], self._classify_one(work[i]))
         m = self.metrics
         m.batch_size.observe(len(work))
         m.inference_seconds.labels(stage="tokenize").observe(timing.tokenize_s)
@@ -271,9 +268,13 @@ class Pipeline:
         """Consume until stop_event is set; then drain, flush, commit and close. Returns 0."""
         k = self.settings.kafka
         self.publisher.start()
-        inference = threading.Thread(target=self._inference_loop, name="inference", daemon=True)
-        inference.start()
-        self.health.watch(inference)
+        # Micro-batches side by side: while one is tokenised, finishing its last model call or
+        # publishing, the other keeps the model threads busy.
+        self._inference_running = self.settings.batching.concurrent_batches
+        for n in range(self._inference_running):
+            inference = threading.Thread(target=self._inference_loop, name=f"inference-{n}", daemon=True)
+            inference.start()
+            self.health.watch(inference)
         self.health.watch(self.publisher.thread)
         self.consumer.subscribe([k.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_lost)

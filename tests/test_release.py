@@ -1,0 +1,56 @@
+"""Outputs leave in each partition's input order, however inference finishes."""
+
+from __future__ import annotations
+
+import random
+
+from worker.stream.offsets import Ticket
+from worker.stream.release import OrderedRelease
+
+
+def make() -> tuple[OrderedRelease[Ticket, str], list[tuple[Ticket, str]]]:
+    out: list[tuple[Ticket, str]] = []
+    return OrderedRelease(lambda t: t, lambda t, r: out.append((t, r))), out
+
+
+def test_out_of_order_results_leave_in_partition_order() -> None:
+    release, out = make()
+    tickets = [Ticket(("in", p), off, 1) for off in range(50) for p in (0, 1, 2)]
+    for t in tickets:
+        release.expect(t)
+    shuffled = list(tickets)
+    random.Random(7).shuffle(shuffled)
+    for t in shuffled:
+        release.done(t, f"r{t.tp[1]}-{t.offset}")
+    assert len(out) == len(tickets) and release.waiting() == 0
+    for p in (0, 1, 2):
+        emitted = [t.offset for t, _ in out if t.tp == ("in", p)]
+        assert emitted == list(range(50))
+    assert all(r == f"r{t.tp[1]}-{t.offset}" for t, r in out)
+
+
+def test_a_partition_waits_only_for_its_own_earlier_messages() -> None:
+    release, out = make()
+    a0, a1, b0 = Ticket(("in", 0), 0, 1), Ticket(("in", 0), 1, 1), Ticket(("in", 1), 0, 1)
+    for t in (a0, a1, b0):
+        release.expect(t)
+    release.done(a1, "a1")
+    release.done(b0, "b0")
+    assert out == [(b0, "b0")]  # a1 is held back behind a0; partition 1 is not
+    release.done(a0, "a0")
+    assert out == [(b0, "b0"), (a0, "a0"), (a1, "a1")]
+
+
+def test_revoked_partition_is_forgotten_and_late_results_ignored() -> None:
+    release, out = make()
+    old = [Ticket(("in", 0), off, 1) for off in range(3)]
+    for t in old:
+        release.expect(t)
+    release.done(old[1], "late")
+    assert release.forget(("in", 0)) == 3
+    release.done(old[0], "late")
+    new = Ticket(("in", 0), 0, 2)  # reassigned: new epoch, same offsets redone
+    release.expect(new)
+    release.done(old[2], "late")
+    release.done(new, "fresh")
+    assert out == [(new, "fresh")]

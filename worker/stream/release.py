@@ -1,0 +1,57 @@
+"""Keep each partition's outputs in input order while results finish out of order.
+
+Micro-batches run side by side, and inside one the shortest texts go first. Messages are expected
+here in consume order; a finished message is handed on only once every earlier message of its
+partition has been, so the output topic sees each partition's messages in the order they came.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from worker.stream.offsets import Ticket, TopicPartition
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class OrderedRelease(Generic[T, R]):
+    def __init__(self, ticket_of: Callable[[T], Ticket], emit: Callable[[T, R], None]) -> None:
+        self._ticket_of = ticket_of
+        self._emit = emit
+        self._lock = threading.Lock()
+        self._queues: dict[TopicPartition, deque[T]] = {}
+        self._ready: dict[Ticket, R] = {}
+
+    def expect(self, item: T) -> None:
+        """Called in consume order, before the item is handed to inference."""
+        with self._lock:
+            self._queues.setdefault(self._ticket_of(item).tp, deque()).append(item)
+
+    def done(self, item: T, result: R) -> None:
+        """The item's result is ready: emit it and whatever of its partition it was holding back."""
+        ticket = self._ticket_of(item)
+        with self._lock:
+            queue = self._queues.get(ticket.tp)
+            first = self._ticket_of(queue[0]) if queue else None
+            if first is None or ticket.epoch != first.epoch or ticket.offset < first.offset:
+                return  # its partition was revoked or lost meanwhile: the new owner redoes it
+            self._ready[ticket] = result
+            while queue and self._ticket_of(queue[0]) in self._ready:
+                head = queue.popleft()
+                self._emit(head, self._ready.pop(self._ticket_of(head)))
+
+    def forget(self, tp: TopicPartition) -> int:
+        """Drop a revoked or lost partition's waiting items; returns how many were dropped."""
+        with self._lock:
+            queue = self._queues.pop(tp, deque())
+            for item in queue:
+                self._ready.pop(self._ticket_of(item), None)
+            return len(queue)
+
+    def waiting(self) -> int:
+        with self._lock:
+            return sum(len(q) for q in self._queues.values())
