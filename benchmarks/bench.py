@@ -107,6 +107,34 @@ def interleaved(runners: dict[str, Runner], texts: list[str], rounds: int) -> di
                    "rounds": len(ts)} for name, ts in times.items()}
 
 
+# Each step of the engine, added one at a time: what it gained, int8, same texts, interleaved rounds.
+STEPS: list[tuple[str, dict[str, Any]]] = [
+    ("before: sort + greedy cuts, separate head, one 2-thread call at a time",
+     {"call_overhead_tokens": 10**6, "fold_head": False, "concurrent_calls": 1}),
+    ("+ cost-based cuts", {"fold_head": False, "concurrent_calls": 1}),
+    ("+ head folded into the encoder graph", {"concurrent_calls": 1}),
+    ("+ two single-threaded calls side by side (all steps: the default)", {}),
+]
+
+
+def step_gains(model_dir: Path, head_dir: Path, texts: list[str], rounds: int) -> dict[str, Any]:
+    """The engine with each step switched on in turn, on micro-batches of 16 texts in arrival
+    order (what the worker gets at moderate load) and of 128 (a backlog)."""
+    out: dict[str, Any] = {}
+    for chunk in (16, 128):
+        runners: dict[str, Runner] = {}
+        for name, overrides in STEPS:
+            engine = Engine(EngineOptions(embedder=str(model_dir), head=str(head_dir), cache_size=0, **overrides))
+
+            def run(batch: list[str], engine: Engine = engine, chunk: int = chunk) -> None:
+                for i in range(0, len(batch), chunk):
+                    engine.probabilities(batch[i : i + chunk])
+
+            runners[name] = run
+        out[f"micro_batches_of_{chunk}"] = interleaved(runners, texts, rounds)
+    return out
+
+
 def single_text_latency(engine: Engine, texts: list[str]) -> dict[str, float]:
     lat = []
     for t in texts:
@@ -195,7 +223,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--worker-messages", type=int, default=3000)
     ap.add_argument("--skip-worker", action="store_true")
+    ap.add_argument("--worker-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra worker settings, e.g. EMOTION_WORKER_BATCHING__CONCURRENT_BATCHES=1")
+    ap.add_argument("--only-worker", action="store_true", help="just the worker runs (with --worker-env)")
     args = ap.parse_args(argv)
+    worker_env = dict(item.split("=", 1) for item in args.worker_env)
+    if args.only_worker:
+        from benchmarks.worker_e2e import run_worker_benchmarks
+
+        models = prepare_models(args.cache)
+        texts = read_split(args.data, check_rows=False).texts
+        out = run_worker_benchmarks(models["int8"], models["head"], texts, args.worker_messages, **worker_env)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "worker.json").write_text(json.dumps(out, indent=2) + "\n")
+        print(json.dumps(out, indent=2))
+        return 0
 
     models = prepare_models(args.cache)
     all_texts = read_split(args.data, check_rows=False).texts
@@ -226,12 +268,15 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(results["in_memory"], indent=1), flush=True)
     results["head_call"] = head_share(engine_fp32, texts)
     del runners, engine_fp32, engine_int8, peer
+    print("engine steps, one at a time (int8)", flush=True)
+    results["steps_int8"] = step_gains(models["int8"], models["head"], texts, args.rounds)
     results["cache"] = cache_effect(models["fp32"], models["head"], texts)
     results["quality_offline_model"] = quality(args.data.parent)
     if not args.skip_worker:
         from benchmarks.worker_e2e import run_worker_benchmarks
 
-        results["worker"] = run_worker_benchmarks(models["int8"], models["head"], all_texts, args.worker_messages)
+        results["worker"] = run_worker_benchmarks(models["int8"], models["head"], all_texts, args.worker_messages,
+                                                  **worker_env)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     from benchmarks.report import plot, table

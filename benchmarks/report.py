@@ -41,6 +41,19 @@ def table(r: dict[str, Any]) -> str:
     if q:
         lines.append(f"Offline model on dev ({q['rows']} texts): macro F1 fp32 {q['macro_f1_fp32']:.4f}, int8 "
                      f"{q['macro_f1_int8']:.4f}; label sets identical on {q['label_set_agreement'] * 100:.1f}%.")
+    steps = r.get("steps_int8")
+    if steps:
+        lines += ["", "What each engine step gained (int8, the same texts cut into micro-batches in arrival order):",
+                  "",
+                  "| step | 16-text micro-batches | vs before | 128-text micro-batches | vs before |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
+        small, large = steps["micro_batches_of_16"], steps["micro_batches_of_128"]
+        first = next(iter(small))
+        for name in small:
+            lines.append(f"| {name} | {small[name]['texts_per_s']:.1f}/s | "
+                         f"{small[name]['texts_per_s'] / small[first]['texts_per_s']:.2f}x | "
+                         f"{large[name]['texts_per_s']:.1f}/s | "
+                         f"{large[name]['texts_per_s'] / large[first]['texts_per_s']:.2f}x |")
     w = r.get("worker")
     if w:
         b = w["backlog"]

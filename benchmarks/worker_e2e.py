@@ -89,7 +89,8 @@ def engine_throughput(model: Path, head: Path, texts: list[str]) -> float:
 
 def run_worker_benchmarks(model: Path, head: Path, texts: list[str], n: int, **worker_env: str) -> dict[str, Any]:
     out: dict[str, Any] = {"model": str(model), "messages": n, "worker_env": worker_env}
-    engine_tps = engine_throughput(model, head, texts[:n])
+    # The machine drifts: the engine is measured right before and right after the backlog run.
+    engine_before = engine_throughput(model, head, texts[:n])
     tmp = Path(".cache/bench/run")
     tmp.mkdir(parents=True, exist_ok=True)
     with LocalBroker(log_path=tmp / "broker.log") as broker:
@@ -107,8 +108,10 @@ def run_worker_benchmarks(model: Path, head: Path, texts: list[str], n: int, **w
             first_ts = min(doc["source"]["timestamp"] for _, doc in reader.records[:n])
             # From the first output to the last acknowledged output: the steady backlog rate.
             steady = (n - 1) / (recv[-1] - recv[0])
+            engine_tps = (engine_before + engine_throughput(model, head, texts[:n])) / 2
             out["backlog"] = {"texts_per_s": steady, "vs_engine_in_memory": steady / engine_tps,
-                              "engine_in_memory_texts_per_s": engine_tps, "first_input_ts": first_ts}
+                              "engine_in_memory_texts_per_s": engine_tps, "first_input_ts": first_ts,
+                              "engine_before_after": [engine_before, 2 * engine_tps - engine_before]}
             print(f"worker backlog: {steady:.1f} texts/s ({steady / engine_tps:.2f}x engine)", flush=True)
             half = steady / 2
             fresh = texts[n:] or texts

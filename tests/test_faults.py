@@ -216,6 +216,9 @@ def test_broker_outage_and_restart(tiny_encoder: Path, tiny_head: Path, tmp_path
                 [(f"k{i}".encode(), orjson.dumps({"id": f"b{i}", "text": "after"}), []) for i in range(n)])
         result = account(broker, topics, {f"b{i}" for i in range(n)}, timeout=120)
         assert worker.proc.poll() is None
+        if result["lost"]:
+            worker.signal(signal.SIGUSR1)
+            time.sleep(1)
         assert worker.stop() == 0
         # Nothing committed past what was published on the new broker.
         offsets = committed(broker.bootstrap, topics.group, topics.input, 2)
@@ -269,6 +272,9 @@ def test_output_side_down_then_back(broker: LocalBroker, tiny_encoder: Path, tin
         outs = read_all(out_broker.bootstrap, topics.output, expect=n, timeout=120)
         seen = {orjson.loads(m.value())["id"] for m in outs}
         lost = len({f"b{i}" for i in range(n)} - seen)
+        if lost:
+            worker.signal(signal.SIGUSR1)
+            time.sleep(1)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and http_json(f"http://127.0.0.1:{worker.port}/readyz")[0] != 200:
             time.sleep(0.5)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import random
 
-from worker.stream.offsets import Ticket
+from worker.stream.offsets import OffsetTracker, Ticket
 from worker.stream.release import OrderedRelease
 
 
-def make() -> tuple[OrderedRelease[Ticket, str], list[tuple[Ticket, str]]]:
+def make(tracker: OffsetTracker | None = None) -> tuple[OrderedRelease[Ticket, str], list[tuple[Ticket, str]]]:
     out: list[tuple[Ticket, str]] = []
-    return OrderedRelease(lambda t: t, lambda t, r: out.append((t, r))), out
+    current = tracker.is_current if tracker is not None else (lambda _t: True)
+    return OrderedRelease(lambda t: t, lambda t, r: out.append((t, r)), current), out
 
 
 def test_out_of_order_results_leave_in_partition_order() -> None:
@@ -42,15 +43,40 @@ def test_a_partition_waits_only_for_its_own_earlier_messages() -> None:
 
 
 def test_revoked_partition_is_forgotten_and_late_results_ignored() -> None:
-    release, out = make()
-    old = [Ticket(("in", 0), off, 1) for off in range(3)]
+    tracker = OffsetTracker()
+    tracker.assign(("in", 0))
+    release, out = make(tracker)
+    old = [tracker.register(("in", 0), off) for off in range(3)]
     for t in old:
         release.expect(t)
     release.done(old[1], "late")
     assert release.forget(("in", 0)) == 3
+    tracker.forget(("in", 0))
     release.done(old[0], "late")
-    new = Ticket(("in", 0), 0, 2)  # reassigned: new epoch, same offsets redone
+    tracker.assign(("in", 0))
+    new = tracker.register(("in", 0), 0)  # reassigned: new epoch, same offsets redone
     release.expect(new)
     release.done(old[2], "late")
     release.done(new, "fresh")
     assert out == [(new, "fresh")]
+
+
+def test_reassigned_without_revoke_old_work_never_blocks_new() -> None:
+    """A broker that lost its state hands the partition out again (and offsets restart at 0): the
+    old assignment's unfinished messages must not hold back the new one's."""
+    tracker = OffsetTracker()
+    tracker.assign(("in", 0))
+    release, out = make(tracker)
+    stuck = [tracker.register(("in", 0), off) for off in (500, 501)]
+    for t in stuck:
+        release.expect(t)
+    tracker.assign(("in", 0))
+    assert tracker.unfinished() == 0
+    fresh = [tracker.register(("in", 0), off) for off in (0, 1)]
+    for t in fresh:
+        release.expect(t)
+    release.done(fresh[1], "b")
+    release.done(fresh[0], "a")
+    assert out == [(fresh[0], "a"), (fresh[1], "b")]
+    release.done(stuck[0], "stale")
+    assert out == [(fresh[0], "a"), (fresh[1], "b")] and release.waiting() == 0

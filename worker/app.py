@@ -3,6 +3,7 @@ and signal handling. `run_worker` is what `emotion-worker run` calls."""
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import signal
 import threading
@@ -47,6 +48,8 @@ def run_worker(settings: Settings, *, stop_event: threading.Event | None = None,
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        # `kill -USR1 <pid>` writes every thread's stack to stderr: for diagnosing a stuck worker.
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     metrics = Metrics()
     health = Health(settings.observe.stall_after_s)
     server = ObserveServer(settings.observe.host, settings.observe.port, metrics, health).start()

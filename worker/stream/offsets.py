@@ -41,6 +41,10 @@ class OffsetTracker:
 
     def assign(self, tp: TopicPartition) -> None:
         with self._lock:
+            old = self._parts.get(tp)
+            if old is not None:  # assigned again without a revoke: the old assignment's work is void
+                self._in_flight -= len(old.pending)
+                self._drained.notify_all()
             epoch = self._epochs.get(tp, 0) + 1
             self._epochs[tp] = epoch
             self._parts[tp] = _Partition(epoch)

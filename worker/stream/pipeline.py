@@ -64,7 +64,8 @@ class Pipeline:
             settings.batching.max_batch_size, settings.batching.max_wait_ms / 1000
         )
         self.stop_event = stop_event if stop_event is not None else threading.Event()
-        self.release: OrderedRelease[Work, Result | None] = OrderedRelease(lambda w: w.ticket, self._publish)
+        self.release: OrderedRelease[Work, Result | None] = OrderedRelease(
+            lambda w: w.ticket, self._publish, self.tracker.is_current)
         self._inference_done = threading.Event()
         self._inference_running = 0
         self._inference_lock = threading.Lock()

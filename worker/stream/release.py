@@ -19,9 +19,11 @@ R = TypeVar("R")
 
 
 class OrderedRelease(Generic[T, R]):
-    def __init__(self, ticket_of: Callable[[T], Ticket], emit: Callable[[T, R], None]) -> None:
+    def __init__(self, ticket_of: Callable[[T], Ticket], emit: Callable[[T, R], None],
+                 is_current: Callable[[Ticket], bool]) -> None:
         self._ticket_of = ticket_of
         self._emit = emit
+        self._is_current = is_current  # False once its partition was revoked, lost or reassigned
         self._lock = threading.Lock()
         self._queues: dict[TopicPartition, deque[T]] = {}
         self._ready: dict[Ticket, R] = {}
@@ -36,13 +38,18 @@ class OrderedRelease(Generic[T, R]):
         ticket = self._ticket_of(item)
         with self._lock:
             queue = self._queues.get(ticket.tp)
-            first = self._ticket_of(queue[0]) if queue else None
-            if first is None or ticket.epoch != first.epoch or ticket.offset < first.offset:
-                return  # its partition was revoked or lost meanwhile: the new owner redoes it
+            if queue is None or not self._is_current(ticket):
+                return  # its partition was revoked, lost or reassigned meanwhile: it will be redone
             self._ready[ticket] = result
-            while queue and self._ticket_of(queue[0]) in self._ready:
-                head = queue.popleft()
-                self._emit(head, self._ready.pop(self._ticket_of(head)))
+            while queue:
+                head = self._ticket_of(queue[0])
+                if not self._is_current(head):  # left over from an earlier assignment: never comes
+                    queue.popleft()
+                    self._ready.pop(head, None)
+                elif head in self._ready:
+                    self._emit(queue.popleft(), self._ready.pop(head))
+                else:
+                    break
 
     def forget(self, tp: TopicPartition) -> int:
         """Drop a revoked or lost partition's waiting items; returns how many were dropped."""
