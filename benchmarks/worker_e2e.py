@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, Producer
 
-from tests.kafka_helpers import Topics, produce, start_worker
+from tests.kafka_helpers import Topics, WorkerProcess, produce, start_worker
 from worker.broker import LocalBroker
 
 
@@ -43,9 +43,11 @@ class OutputReader(threading.Thread):
                     self.records.append((time.time(), orjson.loads(m.value() or b"{}")))
         self.consumer.close()
 
-    def wait_for(self, n: int, timeout: float) -> bool:
+    def wait_for(self, n: int, timeout: float, worker: WorkerProcess | None = None) -> bool:
         deadline = time.monotonic() + timeout
         while len(self.records) < n and time.monotonic() < deadline:
+            if worker is not None and worker.proc is not None and worker.proc.poll() is not None:
+                raise RuntimeError(f"the worker exited ({worker.proc.returncode}); see {worker.log_path}")
             time.sleep(0.05)
         return len(self.records) >= n
 
@@ -103,7 +105,7 @@ def run_worker_benchmarks(model: Path, head: Path, texts: list[str], n: int, **w
         env = {"EMOTION_WORKER_MODEL__CACHE_SIZE": "0", "EMOTION_WORKER_OBSERVE__LOG_LEVEL": "WARNING", **worker_env}
         worker = start_worker(broker, topics, model, head, tmp / "worker.log", **env)
         try:
-            assert reader.wait_for(n, timeout=600), "backlog not processed"
+            assert reader.wait_for(n, timeout=600, worker=worker), "backlog not processed"
             recv = sorted(t for t, _ in reader.records[:n])
             first_ts = min(doc["source"]["timestamp"] for _, doc in reader.records[:n])
             # From the first output to the last acknowledged output: the steady backlog rate.

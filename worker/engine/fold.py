@@ -100,24 +100,22 @@ def fold_head(encoder_file: Path, token_output: str, pooling: str, head_file: Pa
     pool_nodes, pool_consts = _pooling_nodes(hidden.name, hidden.type.tensor_type.elem_type,
                                              "attention_mask", pooling, head_input)
     stack_nodes, stack_consts = _stack_nodes(head_outputs)
-    graph = helper.make_graph(
-        [*encoder.graph.node, *pool_nodes, *head.graph.node, *stack_nodes],
-        "encoder_with_emotion_head",
-        list(encoder.graph.input),
-        [helper.make_tensor_value_info(PROBABILITIES, TensorProto.FLOAT, ["batch", len(LABELS)])],
-        initializer=[*encoder.graph.initializer, *pool_consts, *head.graph.initializer, *stack_consts],
-        sparse_initializer=[*encoder.graph.sparse_initializer, *head.graph.sparse_initializer],
-    )
+    # Built in place on the encoder's graph: its weights are never copied (memory at load time).
+    graph = encoder.graph
+    graph.node.extend([*pool_nodes, *head.graph.node, *stack_nodes])
+    graph.initializer.extend([*pool_consts, *head.graph.initializer, *stack_consts])
+    graph.sparse_initializer.extend(head.graph.sparse_initializer)
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info(PROBABILITIES, TensorProto.FLOAT, ["batch", len(LABELS)]))
+    graph.name = "encoder_with_emotion_head"
     imports: dict[str, int] = {}
     for model in (encoder, head):
         for o in model.opset_import:
             domain = "" if o.domain == "ai.onnx" else o.domain
             imports[domain] = max(imports.get(domain, 0), o.version)
-    folded = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid(d, v) for d, v in imports.items()],
-        producer_name="emotion-worker fold",
-    )
-    folded.ir_version = max(encoder.ir_version, head.ir_version)
-    folded.functions.extend([*encoder.functions, *head.functions])
-    return bytes(folded.SerializeToString())
+    del encoder.opset_import[:]
+    encoder.opset_import.extend(helper.make_opsetid(d, v) for d, v in imports.items())
+    encoder.ir_version = max(encoder.ir_version, head.ir_version)
+    encoder.functions.extend(head.functions)
+    encoder.producer_name = "emotion-worker fold"
+    return bytes(encoder.SerializeToString())

@@ -50,12 +50,6 @@ def open_session(path: Path, options: RuntimeOptions, *, threads: int | None = N
         raise ModelError(f"cannot load ONNX model {path}: {exc}") from exc
 
 
-def open_session_bytes(model: bytes, options: RuntimeOptions) -> ort.InferenceSession:
-    """A session on a model built in memory (the folded encoder + head)."""
-    return ort.InferenceSession(model, sess_options=session_options(options, None),
-                                providers=check_providers(options.providers))
-
-
 def session_options(options: RuntimeOptions, threads: int | None) -> ort.SessionOptions:
     if options.graph_optimization not in GRAPH_LEVELS:
         raise ModelError(
