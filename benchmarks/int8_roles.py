@@ -1,0 +1,58 @@
+"""Which MatMuls int8 can touch: label-set agreement with fp32 when only one role is quantised.
+
+    python -m benchmarks.int8_roles qkv attn_out ffn1 ffn2 qkv+attn_out+ffn1
+
+Offline model (all-MiniLM-L6-v2 + the shipped head) on the full dev split; each argument is a set
+of roles joined by '+', quantised as `emotion-worker export --int8` does (dynamic, signed,
+per-channel, reduced range) and compared with fp32. Writes nothing; prints one line per variant.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import QuantType, quantize_dynamic
+
+from worker.engine.engine import Engine, EngineOptions
+from worker.model_choice import DEFAULT_HEAD_DIR
+from worker.train.dataset import read_split
+from worker.train.metrics import report
+
+ROLES = {"qkv": r"attention/self/(query|key|value)", "attn_out": r"attention/output/dense",
+         "ffn1": r"intermediate/dense", "ffn2": r"layer\.\d+/output/dense"}
+
+
+def main(argv: list[str]) -> int:
+    dev = read_split(Path("../shared/data/go_emotions/dev.tsv"))
+    src = Path("models/all-MiniLM-L6-v2-onnx")
+
+    def run(model_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+        engine = Engine(EngineOptions(embedder=str(model_dir), head=str(DEFAULT_HEAD_DIR), cache_size=0))
+        probs, _, _ = engine.probabilities(dev.texts)
+        return probs, probs >= engine.thresholds.vector
+
+    base_probs, base = run(src)
+    matmuls = [n.name for n in onnx.load(str(src / "model.onnx")).graph.node if n.op_type == "MatMul"]
+    for spec in argv:
+        nodes = [n for n in matmuls if any(re.search(ROLES[r], n) for r in spec.split("+"))]
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "q"
+            shutil.copytree(src, out)
+            quantize_dynamic(str(src / "model.onnx"), str(out / "model.onnx"), weight_type=QuantType.QInt8,
+                             op_types_to_quantize=["MatMul"], per_channel=True, reduce_range=True,
+                             nodes_to_quantize=nodes)
+            probs, pred = run(out)
+        f1 = report(dev.targets, pred).macro()["f1"]
+        print(f"{spec}: {len(nodes)} MatMuls, label sets agree {(pred == base).all(axis=1).mean():.4f}, "
+              f"mean |dP| {np.abs(probs - base_probs).mean():.4f}, macro F1 {f1:.4f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
