@@ -27,14 +27,19 @@ def find_encoder_file(model_dir: Path) -> Path:
     )
 
 
-def graph_io(path: Path) -> tuple[set[str], list[str]]:
-    """The model's input names (initializers excluded) and output names, without loading weights."""
+def graph_io(path: Path) -> tuple[set[str], dict[str, int | None]]:
+    """The model's input names (initializers excluded), and its outputs with the last dimension
+    each declares (None where not fixed); external weight files are not read."""
     try:
         graph = onnx.load(str(path), load_external_data=False).graph
     except Exception as exc:
         raise ModelError(f"cannot read ONNX model {path}: {exc}") from exc
     weights = {i.name for i in graph.initializer}
-    return {i.name for i in graph.input if i.name not in weights}, [o.name for o in graph.output]
+    outputs: dict[str, int | None] = {}
+    for o in graph.output:
+        dims = o.type.tensor_type.shape.dim
+        outputs[o.name] = dims[-1].dim_value if dims and dims[-1].HasField("dim_value") else None
+    return {i.name for i in graph.input if i.name not in weights}, outputs
 
 
 def read_pooling(model_dir: Path) -> str:
@@ -97,10 +102,12 @@ class Embedder:
         token_out = next((name for name in TOKEN_OUTPUTS if name in outputs), None)
         if token_out is None:
             raise ModelError(
-                f"embedder {model_dir}: ONNX outputs {outputs} include neither last_hidden_state "
+                f"embedder {model_dir}: ONNX outputs {list(outputs)} include neither last_hidden_state "
                 "nor token_embeddings"
             )
         self.output_name = token_out
+        # The hidden width the graph declares for its token output, if fixed.
+        self.declared_width = outputs[token_out]
         missing = {"input_ids", "attention_mask"} - self.input_names
         if missing:
             raise ModelError(f"embedder {model_dir}: ONNX inputs lack {sorted(missing)}")
@@ -112,12 +119,6 @@ class Embedder:
         if self._session is None:
             self._session = open_session(self.encoder_file, self.runtime)
         return self._session
-
-    def declared_width(self) -> int | None:
-        """The hidden width the encoder's ONNX graph declares for its token output, if fixed."""
-        graph = onnx.load(str(self.encoder_file), load_external_data=False).graph
-        dims = next(o for o in graph.output if o.name == self.output_name).type.tensor_type.shape.dim
-        return dims[-1].dim_value if dims and dims[-1].HasField("dim_value") else None
 
     def tokenize(self, texts: list[str]) -> Tokenized:
         encodings: list[Encoding] = self.tokenizer.encode_batch(texts)

@@ -82,7 +82,7 @@ class Engine:
         """Run once so the first real batch pays no start-up cost; checks head vs embedder width."""
         if self.options.fold_head:
             # Read the width from the graph: a separate encoder session is never opened.
-            self.hidden_size = self.embedder.declared_width() or self.head.input_width
+            self.hidden_size = self.embedder.declared_width or self.head.input_width
             if self.hidden_size is not None:
                 self.head.check_width(self.hidden_size)
             return
