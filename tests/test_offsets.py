@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import threading
 
-from worker.stream.offsets import OffsetTracker
+from worker.stream.offsets import OffsetTracker, Ticket
+
+
+def reg(tracker: OffsetTracker, tp: tuple[str, int], offset: int) -> Ticket:
+    ticket = tracker.register(tp, offset)
+    assert ticket is not None
+    return ticket
+
 
 TP = ("t", 0)
 
@@ -12,7 +19,7 @@ TP = ("t", 0)
 def test_commit_point_is_first_unfinished() -> None:
     tr = OffsetTracker()
     tr.assign(TP)
-    tickets = [tr.register(TP, off) for off in (10, 11, 12, 15)]  # gaps are fine
+    tickets = [reg(tr, TP, off) for off in (10, 11, 12, 15)]  # gaps are fine
     assert tr.commit_points() == {}
     tr.done(tickets[1])
     assert tr.commit_points() == {}
@@ -28,20 +35,20 @@ def test_commit_point_is_first_unfinished() -> None:
 def test_revoked_partition_ignores_late_acks() -> None:
     tr = OffsetTracker()
     tr.assign(TP)
-    old = tr.register(TP, 0)
+    old = reg(tr, TP, 0)
     assert tr.forget(TP) == 1
     tr.assign(TP)
     assert not tr.is_current(old)
     assert tr.done(old) is False
     assert tr.commit_points() == {}
-    new = tr.register(TP, 0)
+    new = reg(tr, TP, 0)
     assert tr.done(new) and tr.commit_points() == {TP: 1}
 
 
 def test_wait_drained_wakes_on_completion() -> None:
     tr = OffsetTracker()
     tr.assign(TP)
-    t = tr.register(TP, 0)
+    t = reg(tr, TP, 0)
     timer = threading.Timer(0.1, tr.done, args=(t,))
     timer.start()
     assert tr.wait_drained([TP], timeout=5)
@@ -51,8 +58,27 @@ def test_wait_drained_wakes_on_completion() -> None:
 def test_duplicate_ack_counts_once() -> None:
     tr = OffsetTracker()
     tr.assign(TP)
-    t = tr.register(TP, 5)
-    tr.register(TP, 6)
+    t = reg(tr, TP, 5)
+    reg(tr, TP, 6)
     assert tr.done(t)
     assert tr.done(t) is False  # already popped from the done prefix
     assert tr.unfinished() == 1
+
+
+def test_redelivered_offsets_are_refused() -> None:
+    """A consumer that rewinds (pause/resume, a fetch-position reset) hands back offsets it already
+    gave: they must not be counted again, or the in-flight count never drains."""
+    tr = OffsetTracker()
+    tr.assign(TP)
+    first = [reg(tr, TP, off) for off in (0, 1, 2)]
+    assert tr.done(first[0])
+    assert tr.register(TP, 0) is None  # done and committed-to already
+    assert tr.register(TP, 1) is None  # still in flight
+    assert tr.unfinished() == 2
+    later = reg(tr, TP, 3)
+    for t in (*first[1:], later):
+        assert tr.done(t)
+    assert tr.unfinished() == 0 and tr.commit_points() == {TP: 4}
+    tr.forget(TP)
+    tr.assign(TP)
+    assert tr.register(TP, 0) is not None  # a new assignment starts over

@@ -8,6 +8,12 @@ from worker.stream.offsets import OffsetTracker, Ticket
 from worker.stream.release import OrderedRelease
 
 
+def reg(tracker: OffsetTracker, tp: tuple[str, int], offset: int) -> Ticket:
+    ticket = tracker.register(tp, offset)
+    assert ticket is not None
+    return ticket
+
+
 def make(tracker: OffsetTracker | None = None) -> tuple[OrderedRelease[Ticket, str], list[tuple[Ticket, str]]]:
     out: list[tuple[Ticket, str]] = []
     current = tracker.is_current if tracker is not None else (lambda _t: True)
@@ -46,7 +52,7 @@ def test_revoked_partition_is_forgotten_and_late_results_ignored() -> None:
     tracker = OffsetTracker()
     tracker.assign(("in", 0))
     release, out = make(tracker)
-    old = [tracker.register(("in", 0), off) for off in range(3)]
+    old = [reg(tracker, ("in", 0), off) for off in range(3)]
     for t in old:
         release.expect(t)
     release.done(old[1], "late")
@@ -54,7 +60,7 @@ def test_revoked_partition_is_forgotten_and_late_results_ignored() -> None:
     tracker.forget(("in", 0))
     release.done(old[0], "late")
     tracker.assign(("in", 0))
-    new = tracker.register(("in", 0), 0)  # reassigned: new epoch, same offsets redone
+    new = reg(tracker, ("in", 0), 0)  # reassigned: new epoch, same offsets redone
     release.expect(new)
     release.done(old[2], "late")
     release.done(new, "fresh")
@@ -67,12 +73,12 @@ def test_reassigned_without_revoke_old_work_never_blocks_new() -> None:
     tracker = OffsetTracker()
     tracker.assign(("in", 0))
     release, out = make(tracker)
-    stuck = [tracker.register(("in", 0), off) for off in (500, 501)]
+    stuck = [reg(tracker, ("in", 0), off) for off in (500, 501)]
     for t in stuck:
         release.expect(t)
     tracker.assign(("in", 0))
     assert tracker.unfinished() == 0
-    fresh = [tracker.register(("in", 0), off) for off in (0, 1)]
+    fresh = [reg(tracker, ("in", 0), off) for off in (0, 1)]
     for t in fresh:
         release.expect(t)
     release.done(fresh[1], "b")
@@ -80,3 +86,22 @@ def test_reassigned_without_revoke_old_work_never_blocks_new() -> None:
     assert out == [(fresh[0], "a"), (fresh[1], "b")]
     release.done(stuck[0], "stale")
     assert out == [(fresh[0], "a"), (fresh[1], "b")] and release.waiting() == 0
+
+
+def test_redelivery_never_strands_a_partition() -> None:
+    """The release only ever sees a ticket once: a redelivered offset is refused at registration,
+    so it cannot leave a second copy queued behind the first that no result will ever reach."""
+    tracker = OffsetTracker()
+    tracker.assign(("in", 0))
+    release, out = make(tracker)
+    a, b = reg(tracker, ("in", 0), 0), reg(tracker, ("in", 0), 1)
+    release.expect(a)
+    release.expect(b)
+    assert tracker.register(("in", 0), 0) is None
+    c = reg(tracker, ("in", 0), 2)
+    release.expect(c)
+    release.done(c, "c")
+    release.done(a, "a")
+    release.done(b, "b")
+    assert out == [(a, "a"), (b, "b"), (c, "c")]
+    assert release.waiting() == 0

@@ -9,6 +9,8 @@ import signal
 import threading
 from types import FrameType
 
+import orjson
+
 from worker.config import Settings, is_secret
 from worker.engine.engine import Engine
 from worker.model_choice import engine_options
@@ -40,6 +42,12 @@ def run_worker(settings: Settings, *, stop_event: threading.Event | None = None,
 
     setup_logging(settings.observe.log_level, settings.observe.log_json, secrets_of(settings))
     stop_event = stop_event if stop_event is not None else threading.Event()
+    running: list[Pipeline] = []
+
+    def log_state() -> None:
+        if running:
+            log.warning("state: %s", orjson.dumps(running[0].describe()).decode())
+
     if install_signals:
         # Installed first, so a SIGTERM during model loading also ends in a clean exit 0.
         def stop(signum: int, _frame: FrameType | None) -> None:
@@ -48,8 +56,13 @@ def run_worker(settings: Settings, *, stop_event: threading.Event | None = None,
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        # `kill -USR1 <pid>` writes every thread's stack to stderr: for diagnosing a stuck worker.
-        faulthandler.register(signal.SIGUSR1, all_threads=True)
+        # `kill -USR1 <pid>` writes every thread's stack to stderr, then logs where every unfinished
+        # message is (from a thread: the handler may interrupt the main thread inside a lock).
+        def dump_state(_signum: int, _frame: FrameType | None) -> None:
+            threading.Thread(target=log_state, name="state-dump", daemon=True).start()
+
+        signal.signal(signal.SIGUSR1, dump_state)
+        faulthandler.register(signal.SIGUSR1, all_threads=True, chain=True)
     metrics = Metrics()
     health = Health(settings.observe.stall_after_s)
     server = ObserveServer(settings.observe.host, settings.observe.port, metrics, health).start()
@@ -61,6 +74,8 @@ def run_worker(settings: Settings, *, stop_event: threading.Event | None = None,
         health.model_ready = True
         if stop_event.is_set():
             return 0
-        return Pipeline(settings, engine, metrics, health, stop_event).run()
+        pipeline = Pipeline(settings, engine, metrics, health, stop_event)
+        running.append(pipeline)
+        return pipeline.run()
     finally:
         server.stop()

@@ -44,6 +44,9 @@ class Metrics:
         self.assigned = Gauge(f"{p}_assigned_partitions", "Partitions assigned to this worker", registry=r)
         self.rebalances = Counter(f"{p}_rebalances", "Rebalance events, by kind (assign, revoke, lost)",
                                   ["kind"], registry=r)
+        self.redelivered = Counter(f"{p}_messages_redelivered",
+                                   "Messages the consumer handed out again in the same assignment (skipped)",
+                                   registry=r)
         self.commit_failures = Counter(f"{p}_commit_failures", "Failed offset commits", registry=r)
         self.commits = Counter(f"{p}_commits", "Successful offset commits", registry=r)
         self.produce_failures = Counter(f"{p}_produce_failures",

@@ -4,6 +4,11 @@ Every consumed offset is registered in arrival order. It is marked done once its
 dead-letter record is acknowledged by the broker. The commit point of a partition is the first
 offset that is not done (or one past the last, when all are). Revoking or losing a partition
 bumps its epoch, so late acknowledgements of the old assignment are ignored.
+
+An offset at or below the highest one already registered in the same assignment is a redelivery
+(a consumer that rewound its fetch position, after a pause/resume say): it is refused, since its
+first copy is still being processed or is done. Registering it twice would count it twice and
+leave a second copy waiting in the ordered release for a result that was already handed out.
 """
 
 from __future__ import annotations
@@ -23,12 +28,13 @@ class Ticket:
 
 
 class _Partition:
-    __slots__ = ("committed", "epoch", "pending")
+    __slots__ = ("committed", "epoch", "last", "pending")
 
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
         self.pending: OrderedDict[int, bool] = OrderedDict()  # offset -> done, in arrival order
         self.committed: int | None = None  # last offset handed to commit (exclusive)
+        self.last: int | None = None  # highest offset registered in this assignment
 
 
 class OffsetTracker:
@@ -49,13 +55,17 @@ class OffsetTracker:
             self._epochs[tp] = epoch
             self._parts[tp] = _Partition(epoch)
 
-    def register(self, tp: TopicPartition, offset: int) -> Ticket:
+    def register(self, tp: TopicPartition, offset: int) -> Ticket | None:
+        """A ticket for a newly consumed offset; None for a redelivery of one already registered."""
         with self._lock:
             part = self._parts.get(tp)
             if part is None:  # a message for a partition we were not told about: track it anyway
                 epoch = self._epochs.get(tp, 0) + 1
                 self._epochs[tp] = epoch
                 part = self._parts[tp] = _Partition(epoch)
+            if part.last is not None and offset <= part.last:
+                return None
+            part.last = offset
             part.pending[offset] = False
             self._in_flight += 1
             return Ticket(tp, offset, part.epoch)
@@ -126,6 +136,18 @@ class OffsetTracker:
 
         with self._lock:
             return self._drained.wait_for(drained, timeout=timeout)
+
+    def describe(self) -> dict[str, dict[str, object]]:
+        """Per partition: epoch, unfinished count, the first unfinished offset and whether it is done
+        (for the SIGUSR1 state dump)."""
+        with self._lock:
+            out: dict[str, dict[str, object]] = {}
+            for (topic, partition), part in self._parts.items():
+                head = next(iter(part.pending.items()), None)
+                out[f"{topic}[{partition}]"] = {"epoch": part.epoch, "unfinished": len(part.pending),
+                                                "first_unfinished": None if head is None else head[0],
+                                                "committed": part.committed}
+            return out
 
     def assigned(self) -> list[TopicPartition]:
         with self._lock:

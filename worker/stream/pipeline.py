@@ -181,6 +181,11 @@ class Pipeline:
         if topic is None or partition is None or offset is None:
             return
         ticket = self.tracker.register((topic, partition), offset)
+        if ticket is None:  # handed out again by the consumer: its first copy is in flight or done
+            self.metrics.redelivered.inc()
+            log.warning("skipping redelivered messages of %s[%d] (from offset %d): already processed or in flight",
+                        topic, partition, offset)
+            return
         self.metrics.consumed.inc()
         ts_type, ts = msg.timestamp()
         envelope = Envelope(
@@ -263,6 +268,12 @@ class Pipeline:
             self._dead_letter(w.ticket, Rejected(w.message.envelope, "inference_error",
                                                  f"{type(exc).__name__}: {exc}"))
             return None
+
+    def describe(self) -> dict[str, object]:
+        """Where every unfinished message is: for `kill -USR1 <pid>` on a worker that seems stuck."""
+        return {"queued_for_inference": self.batcher.qsize(), "paused": sorted(self._paused),
+                "in_flight": self.tracker.unfinished(), "offsets": self.tracker.describe(),
+                "release": self.release.describe(), "publisher": self.publisher.describe()}
 
     # ---- run --------------------------------------------------------------------------------
     def run(self) -> int:

@@ -198,6 +198,14 @@ class Publisher:
         with self._lock:
             return len(self._retries)
 
+    def describe(self) -> dict[str, object]:
+        with self._lock:
+            outstanding, retries = len(self._outstanding), len(self._retries)
+        since = self._failing_since
+        return {"outstanding": outstanding, "retries": retries, "in_producer": len(self.producer),
+                "retired_producers": len(self._retired), "resets": self.resets,
+                "failing_for_s": None if since is None else round(time.monotonic() - since, 1)}
+
     def flush(self, timeout: float) -> int:
         """Wait for outstanding deliveries (and due retries). Returns how many are still pending."""
         deadline = time.monotonic() + timeout

@@ -59,6 +59,20 @@ class OrderedRelease(Generic[T, R]):
                 self._ready.pop(self._ticket_of(item), None)
             return len(queue)
 
+    def describe(self) -> dict[str, dict[str, object]]:
+        """Per partition: how many wait, how many of them are finished, and the head's state."""
+        with self._lock:
+            out: dict[str, dict[str, object]] = {}
+            for (topic, partition), queue in self._queues.items():
+                head = self._ticket_of(queue[0]) if queue else None
+                out[f"{topic}[{partition}]"] = {
+                    "waiting": len(queue),
+                    "finished": sum(self._ticket_of(item) in self._ready for item in queue),
+                    "head_offset": None if head is None else head.offset,
+                    "head_finished": head is not None and head in self._ready,
+                    "head_current": head is not None and self._is_current(head)}
+            return out
+
     def waiting(self) -> int:
         with self._lock:
             return sum(len(q) for q in self._queues.values())
