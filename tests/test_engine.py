@@ -182,6 +182,18 @@ def test_fold_failure_falls_back_to_two_sessions(tiny_encoder: Path, tiny_head: 
     np.testing.assert_allclose(eng.probabilities(TEXTS)[0], folded, atol=1e-5)
 
 
+def test_oldest_text_is_scored_first(tiny_encoder: Path, tiny_head: Path) -> None:
+    """Calls are cut by length but run by age: the earliest text's call comes first even when that
+    text is the longest."""
+    eng = Engine(EngineOptions(embedder=str(tiny_encoder), head=str(tiny_head), cache_size=0,
+                               max_batch_size=2, concurrent_calls=1))
+    texts = ["a much longer first message " * 6, "ok", "no", "fine then", "sure thing", "yes"]
+    chunks = list(eng.classify_stream(texts))
+    assert len(chunks) >= 3
+    firsts = [min(i for i, _ in chunk) for chunk in chunks]
+    assert firsts[0] == 0 and firsts == sorted(firsts)
+
+
 def test_classify_stream_yields_every_position_once(tiny_encoder: Path, tiny_head: Path) -> None:
     eng = Engine(EngineOptions(embedder=str(tiny_encoder), head=str(tiny_head), cache_size=16,
                                max_batch_size=2))

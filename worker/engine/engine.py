@@ -151,6 +151,10 @@ class Engine:
             min_batches=self.options.concurrent_calls,
             pad_id=self.embedder.pad_id,
         ))
+        # Cut by length, run by age: the call holding the oldest text goes first, so a long text
+        # that came early does not wait behind every shorter one of a big micro-batch (positions
+        # follow arrival order).
+        batches.sort(key=lambda b: min(b.indices))
         if self._pool is None or len(batches) == 1:
             for batch in batches:
                 t0 = time.perf_counter()
