@@ -14,7 +14,11 @@ class MicroBatcher(Generic[T]):
     def __init__(self, max_size: int, max_wait_s: float) -> None:
         self.max_size = max_size
         self.max_wait_s = max_wait_s
-        self._queue: queue.SimpleQueue[T] = queue.SimpleQueue()
+        # queue.Queue, not SimpleQueue: on CPython before 3.13, a SimpleQueue.get(timeout=...) that
+        # is woken after its deadline, only to find the item taken by another consumer, waits with
+        # a negative timeout, i.e. until the next put. Two inference threads hit that: one sat on a
+        # half-collected micro-batch while the partitions were paused for back-pressure, forever.
+        self._queue: queue.Queue[T] = queue.Queue()
 
     def put(self, item: T) -> None:
         self._queue.put(item)

@@ -69,6 +69,7 @@ class Pipeline:
         self._inference_done = threading.Event()
         self._inference_running = 0
         self._inference_lock = threading.Lock()
+        self._counts = {"taken": 0, "current": 0, "results": 0}  # messages through inference, for describe()
         self._paused: set[tuple[str, int]] = set()
         self._last_committed: dict[tuple[str, int], int] = {}
         self._last_commit = time.monotonic()
@@ -232,6 +233,9 @@ class Pipeline:
         """Classify a micro-batch; each model call's results go to the release as they are ready
         (it publishes them in partition order, whichever micro-batch or call finishes first)."""
         work = [w for w in batch if self.tracker.is_current(w.ticket)]
+        with self._inference_lock:
+            self._counts["taken"] += len(batch)
+            self._counts["current"] += len(work)
         if not work:
             return
         timing = Timing()
@@ -241,6 +245,8 @@ class Pipeline:
                 for i, result in chunk:
                     finished.add(i)
                     self.release.done(work[i], result)
+                with self._inference_lock:
+                    self._counts["results"] += len(chunk)
         except Exception:
             todo = [i for i in range(len(work)) if i not in finished]
             log.exception("inference failed for %d of a batch of %d; retrying them one by one", len(todo), len(work))
@@ -271,7 +277,9 @@ class Pipeline:
 
     def describe(self) -> dict[str, object]:
         """Where every unfinished message is: for `kill -USR1 <pid>` on a worker that seems stuck."""
-        return {"queued_for_inference": self.batcher.qsize(), "paused": sorted(self._paused),
+        with self._inference_lock:
+            counts = dict(self._counts)
+        return {"queued_for_inference": self.batcher.qsize(), "inference": counts, "paused": sorted(self._paused),
                 "in_flight": self.tracker.unfinished(), "offsets": self.tracker.describe(),
                 "release": self.release.describe(), "publisher": self.publisher.describe()}
 

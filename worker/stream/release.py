@@ -70,9 +70,25 @@ class OrderedRelease(Generic[T, R]):
                     "finished": sum(self._ticket_of(item) in self._ready for item in queue),
                     "head_offset": None if head is None else head.offset,
                     "head_finished": head is not None and head in self._ready,
-                    "head_current": head is not None and self._is_current(head)}
+                    "head_current": head is not None and self._is_current(head),
+                    "unfinished_offsets": _ranges([self._ticket_of(item).offset for item in queue
+                                                   if self._ticket_of(item) not in self._ready])}
             return out
 
     def waiting(self) -> int:
         with self._lock:
             return sum(len(q) for q in self._queues.values())
+
+
+def _ranges(offsets: list[int], limit: int = 20) -> list[str]:
+    """[3, 4, 5, 9] -> ["3-5", "9"]: a compact list for the state dump."""
+    out: list[str] = []
+    for off in offsets:
+        if out and out[-1].rsplit("-", 1)[-1] == str(off - 1):
+            out[-1] = f"{out[-1].split('-')[0]}-{off}"
+        else:
+            if len(out) == limit:
+                out.append("...")
+                break
+            out.append(str(off))
+    return out
