@@ -28,29 +28,41 @@ ROLES = {"qkv": r"attention/self/(query|key|value)", "attn_out": r"attention/out
          "ffn1": r"intermediate/dense", "ffn2": r"layer\.\d+/output/dense"}
 
 
-def main(argv: list[str]) -> int:
-    dev = read_split(Path("../shared/data/go_emotions/dev.tsv"))
-    src = Path("models/all-MiniLM-L6-v2-onnx")
+DEV = Path("../shared/data/go_emotions/dev.tsv")
+SOURCE = Path("models/all-MiniLM-L6-v2-onnx")
 
-    def run(model_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+
+class Reference:
+    """The fp32 offline model's probabilities and label sets on dev, to compare variants with."""
+
+    def __init__(self) -> None:
+        self.dev = read_split(DEV)
+        self.probs, self.labels = self.run(SOURCE)
+
+    def run(self, model_dir: Path) -> tuple[np.ndarray, np.ndarray]:
         engine = Engine(EngineOptions(embedder=str(model_dir), head=str(DEFAULT_HEAD_DIR), cache_size=0))
-        probs, _, _ = engine.probabilities(dev.texts)
+        probs, _, _ = engine.probabilities(self.dev.texts)
         return probs, probs >= engine.thresholds.vector
 
-    base_probs, base = run(src)
-    matmuls = [n.name for n in onnx.load(str(src / "model.onnx")).graph.node if n.op_type == "MatMul"]
+    def compare(self, name: str, model_dir: Path) -> str:
+        probs, pred = self.run(model_dir)
+        f1 = report(self.dev.targets, pred).macro()["f1"]
+        return (f"{name}: label sets agree {(pred == self.labels).all(axis=1).mean():.4f}, "
+                f"mean |dP| {np.abs(probs - self.probs).mean():.4f}, macro F1 {f1:.4f}")
+
+
+def main(argv: list[str]) -> int:
+    ref = Reference()
+    matmuls = [n.name for n in onnx.load(str(SOURCE / "model.onnx")).graph.node if n.op_type == "MatMul"]
     for spec in argv:
         nodes = [n for n in matmuls if any(re.search(ROLES[r], n) for r in spec.split("+"))]
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "q"
-            shutil.copytree(src, out)
-            quantize_dynamic(str(src / "model.onnx"), str(out / "model.onnx"), weight_type=QuantType.QInt8,
+            shutil.copytree(SOURCE, out)
+            quantize_dynamic(str(SOURCE / "model.onnx"), str(out / "model.onnx"), weight_type=QuantType.QInt8,
                              op_types_to_quantize=["MatMul"], per_channel=True, reduce_range=True,
                              nodes_to_quantize=nodes)
-            probs, pred = run(out)
-        f1 = report(dev.targets, pred).macro()["f1"]
-        print(f"{spec}: {len(nodes)} MatMuls, label sets agree {(pred == base).all(axis=1).mean():.4f}, "
-              f"mean |dP| {np.abs(probs - base_probs).mean():.4f}, macro F1 {f1:.4f}", flush=True)
+            print(ref.compare(f"{spec} ({len(nodes)} MatMuls)", out), flush=True)
     return 0
 
 
