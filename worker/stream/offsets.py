@@ -138,7 +138,7 @@ class OffsetTracker:
             return self._drained.wait_for(drained, timeout=timeout)
 
     def describe(self) -> dict[str, dict[str, object]]:
-        """Per partition: epoch, unfinished count, the first unfinished offset and whether it is done
+        """Per partition: epoch, unfinished count, the first unfinished offset and the commit point
         (for the SIGUSR1 state dump)."""
         with self._lock:
             out: dict[str, dict[str, object]] = {}

@@ -1,6 +1,6 @@
 """Keep each partition's outputs in input order while results finish out of order.
 
-Micro-batches run side by side, and inside one the shortest texts go first. Messages are expected
+Micro-batches run side by side, and the model calls inside one finish in any order. Messages are expected
 here in consume order; a finished message is handed on only once every earlier message of its
 partition has been, so the output topic sees each partition's messages in the order they came.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable
+from itertools import groupby
 from typing import Generic, TypeVar
 
 from worker.stream.offsets import Ticket, TopicPartition
@@ -60,19 +61,20 @@ class OrderedRelease(Generic[T, R]):
             return len(queue)
 
     def describe(self) -> dict[str, dict[str, object]]:
-        """Per partition: how many wait, how many of them are finished, and the head's state."""
+        """Per partition: how many wait, which of them have no result yet, and the head's state."""
         with self._lock:
             out: dict[str, dict[str, object]] = {}
             for (topic, partition), queue in self._queues.items():
-                head = self._ticket_of(queue[0]) if queue else None
+                tickets = [self._ticket_of(item) for item in queue]
+                unfinished = [t.offset for t in tickets if t not in self._ready]
+                head = tickets[0] if tickets else None
                 out[f"{topic}[{partition}]"] = {
-                    "waiting": len(queue),
-                    "finished": sum(self._ticket_of(item) in self._ready for item in queue),
+                    "waiting": len(tickets),
+                    "finished": len(tickets) - len(unfinished),
                     "head_offset": None if head is None else head.offset,
                     "head_finished": head is not None and head in self._ready,
                     "head_current": head is not None and self._is_current(head),
-                    "unfinished_offsets": _ranges([self._ticket_of(item).offset for item in queue
-                                                   if self._ticket_of(item) not in self._ready])}
+                    "unfinished_offsets": _ranges(unfinished)}
             return out
 
     def waiting(self) -> int:
@@ -81,14 +83,7 @@ class OrderedRelease(Generic[T, R]):
 
 
 def _ranges(offsets: list[int], limit: int = 20) -> list[str]:
-    """[3, 4, 5, 9] -> ["3-5", "9"]: a compact list for the state dump."""
-    out: list[str] = []
-    for off in offsets:
-        if out and out[-1].rsplit("-", 1)[-1] == str(off - 1):
-            out[-1] = f"{out[-1].split('-')[0]}-{off}"
-        else:
-            if len(out) == limit:
-                out.append("...")
-                break
-            out.append(str(off))
-    return out
+    """[3, 4, 5, 9] -> ["3-5", "9"]: a compact list for the state dump (at most `limit` runs)."""
+    runs = [[off for _, off in run] for _, run in groupby(enumerate(offsets), key=lambda p: p[1] - p[0])]
+    out = [str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs[:limit]]
+    return [*out, "..."] if len(runs) > limit else out
