@@ -77,8 +77,8 @@ def test_reassigned_without_revoke_old_work_never_blocks_new() -> None:
     for t in stuck:
         release.expect(t)
     tracker.assign(("in", 0))
-    assert tracker.unfinished() == 0
     fresh = [reg(tracker, ("in", 0), off) for off in (0, 1)]
+    assert tracker.unfinished() == 2  # the old assignment's two are void
     for t in fresh:
         release.expect(t)
     release.done(fresh[1], "b")
@@ -86,6 +86,28 @@ def test_reassigned_without_revoke_old_work_never_blocks_new() -> None:
     assert out == [(fresh[0], "a"), (fresh[1], "b")]
     release.done(stuck[0], "stale")
     assert out == [(fresh[0], "a"), (fresh[1], "b")] and release.waiting() == 0
+
+
+def test_reassigned_while_consumer_keeps_its_position_loses_nothing() -> None:
+    """The same partition handed out again (a cooperative rebalance) while the consumer carries on
+    from where it was: the work in flight is not redone by anyone, so it must still be published
+    and counted, and nothing may be committed past it."""
+    tracker = OffsetTracker()
+    tracker.assign(("in", 0))
+    release, out = make(tracker)
+    flying = [reg(tracker, ("in", 0), off) for off in (10, 11)]
+    for t in flying:
+        release.expect(t)
+    tracker.assign(("in", 0))
+    after = reg(tracker, ("in", 0), 12)
+    release.expect(after)
+    release.done(after, "c")
+    assert tracker.done(after) and tracker.commit_points() == {}
+    release.done(flying[0], "a")
+    release.done(flying[1], "b")
+    assert out == [(flying[0], "a"), (flying[1], "b"), (after, "c")]
+    assert tracker.done(flying[0]) and tracker.done(flying[1])
+    assert tracker.commit_points() == {("in", 0): 13} and tracker.unfinished() == 0
 
 
 def test_redelivery_never_strands_a_partition() -> None:

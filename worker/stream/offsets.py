@@ -9,6 +9,14 @@ An offset at or below the highest one already registered in the same assignment 
 (a consumer that rewound its fetch position, after a pause/resume say): it is refused, since its
 first copy is still being processed or is done. Registering it twice would count it twice and
 leave a second copy waiting in the ordered release for a result that was already handed out.
+
+A partition assigned again while it is still tracked (no revoke in between) is judged by the next
+offset the consumer hands out. If it carries on past the highest one registered, the consumer kept
+its position: the tracking carries on too, and the work in flight finishes and counts. If it starts
+at or below it, the consumer re-fetched (from the committed offset, or from 0 on a broker that lost
+its state): the old work is void, a new epoch starts, and everything from there is redone. Voiding
+on the assignment alone would lose the in-flight messages of a consumer that kept its position:
+their results would be dropped as stale and later offsets committed past them.
 """
 
 from __future__ import annotations
@@ -28,13 +36,14 @@ class Ticket:
 
 
 class _Partition:
-    __slots__ = ("committed", "epoch", "last", "pending")
+    __slots__ = ("committed", "epoch", "last", "pending", "reassigned")
 
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
         self.pending: OrderedDict[int, bool] = OrderedDict()  # offset -> done, in arrival order
         self.committed: int | None = None  # last offset handed to commit (exclusive)
         self.last: int | None = None  # highest offset registered in this assignment
+        self.reassigned = False  # assigned again since; the next offset tells whether to start over
 
 
 class OffsetTracker:
@@ -47,22 +56,32 @@ class OffsetTracker:
 
     def assign(self, tp: TopicPartition) -> None:
         with self._lock:
-            old = self._parts.get(tp)
-            if old is not None:  # assigned again without a revoke: the old assignment's work is void
-                self._in_flight -= len(old.pending)
-                self._drained.notify_all()
-            epoch = self._epochs.get(tp, 0) + 1
-            self._epochs[tp] = epoch
-            self._parts[tp] = _Partition(epoch)
+            part = self._parts.get(tp)
+            if part is not None:  # assigned again without a revoke: decided at the next offset
+                part.reassigned = True
+                return
+            self._start(tp)
+
+    def _start(self, tp: TopicPartition) -> _Partition:
+        old = self._parts.get(tp)
+        if old is not None:  # the old assignment's unfinished work is void
+            self._in_flight -= len(old.pending)
+            self._drained.notify_all()
+        epoch = self._epochs.get(tp, 0) + 1
+        self._epochs[tp] = epoch
+        part = self._parts[tp] = _Partition(epoch)
+        return part
 
     def register(self, tp: TopicPartition, offset: int) -> Ticket | None:
         """A ticket for a newly consumed offset; None for a redelivery of one already registered."""
         with self._lock:
             part = self._parts.get(tp)
             if part is None:  # a message for a partition we were not told about: track it anyway
-                epoch = self._epochs.get(tp, 0) + 1
-                self._epochs[tp] = epoch
-                part = self._parts[tp] = _Partition(epoch)
+                part = self._start(tp)
+            elif part.reassigned:
+                part.reassigned = False
+                if part.last is not None and offset <= part.last:  # re-fetched: start over
+                    part = self._start(tp)
             if part.last is not None and offset <= part.last:
                 return None
             part.last = offset
