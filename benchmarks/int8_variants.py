@@ -1,6 +1,6 @@
 """Other dynamic-int8 recipes against fp32: label-set agreement on dev with the offline model.
 
-    python -m benchmarks.int8_variants default full-range unsigned smooth:0.5
+    python -m benchmarks.int8_variants default full-range unsigned smooth:0.5 nbits:32,0 nbits:32,4
 
 - `default`: what `emotion-worker export --int8` writes (signed, per-channel, reduced range);
 - `full-range`: signed 8-bit weights without the reduced range (AVX2 without VNNI may saturate);
@@ -8,13 +8,18 @@
 - `smooth:ALPHA`: SmoothQuant-style smoothing before the default recipe. Each MatMul input's
   channels are divided by s = max|X|^ALPHA / max|W|^(1-ALPHA) (X measured on 300 train texts,
   W over the MatMuls sharing that input) and the weights' rows multiplied by s, which is exact in
-  fp32, so activation outliers move into the per-channel-quantised weights.
+  fp32, so activation outliers move into the per-channel-quantised weights;
+- `nbits:BLOCK,LEVEL`: onnxruntime's block-wise 8-bit `MatMulNBits` (symmetric, BLOCK weights per
+  scale). LEVEL 0 computes in fp32 from the dequantised weights, so only the weights are rounded:
+  the finest int8 weight grid onnxruntime offers, and a bound on what any int8-weight recipe can
+  agree; LEVEL 4 also quantises activations to int8, per block of BLOCK inputs.
 
 Every MatMul with constant weights is quantised. Writes nothing; prints one line per variant.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
 import tempfile
@@ -25,6 +30,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
+from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 from transformers import AutoTokenizer
 
 from benchmarks.int8_roles import SOURCE, Reference
@@ -83,6 +89,14 @@ def smooth(src: Path, out: Path, alpha: float) -> None:
     onnx.save(model, str(out / "model.onnx"))
 
 
+def nbits(src: Path, out: Path, block: int, level: int) -> None:
+    logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)  # a line per node otherwise
+    config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, accuracy_level=level, bits=8)
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(src / "model.onnx")), algo_config=config)
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(out / "model.onnx"), use_external_data_format=False)
+
+
 def main(argv: list[str]) -> int:
     ref = Reference()
     for spec in argv:
@@ -91,6 +105,11 @@ def main(argv: list[str]) -> int:
             shutil.copytree(SOURCE, fp32)
             shutil.copytree(SOURCE, q)
             weight_type, reduce_range = QuantType.QInt8, True
+            if spec.startswith("nbits:"):
+                block, level = (int(v) for v in spec.split(":", 1)[1].split(","))
+                nbits(SOURCE, q, block, level)
+                print(ref.compare(spec, q), flush=True)
+                continue
             if spec == "full-range":
                 reduce_range = False
             elif spec == "unsigned":
