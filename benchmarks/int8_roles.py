@@ -35,12 +35,13 @@ SOURCE = Path("models/all-MiniLM-L6-v2-onnx")
 class Reference:
     """The fp32 offline model's probabilities and label sets on dev, to compare variants with."""
 
-    def __init__(self) -> None:
+    def __init__(self, head: Path = DEFAULT_HEAD_DIR) -> None:
+        self.head = head
         self.dev = read_split(DEV)
         self.probs, self.labels = self.run(SOURCE)
 
     def run(self, model_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-        engine = Engine(EngineOptions(embedder=str(model_dir), head=str(DEFAULT_HEAD_DIR), cache_size=0))
+        engine = Engine(EngineOptions(embedder=str(model_dir), head=str(self.head), cache_size=0))
         probs, _, _ = engine.probabilities(self.dev.texts)
         return probs, probs >= engine.thresholds.vector
 

@@ -1,6 +1,7 @@
 """Other dynamic-int8 recipes against fp32: label-set agreement on dev with the offline model.
 
     python -m benchmarks.int8_variants default full-range unsigned smooth:0.5 nbits:32,0 nbits:32,4
+    python -m benchmarks.int8_variants --head DIR default   # another head on the same embedder
 
 - `default`: what `emotion-worker export --int8` writes (signed, per-channel, reduced range);
 - `full-range`: signed 8-bit weights without the reduced range (AVX2 without VNNI may saturate);
@@ -19,9 +20,9 @@ Every MatMul with constant weights is quantised. Writes nothing; prints one line
 
 from __future__ import annotations
 
+import argparse
 import logging
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQua
 from transformers import AutoTokenizer
 
 from benchmarks.int8_roles import SOURCE, Reference
+from worker.model_choice import DEFAULT_HEAD_DIR
 from worker.train.dataset import read_split
 
 TRAIN = Path("../shared/data/go_emotions/train.tsv")
@@ -97,9 +99,13 @@ def nbits(src: Path, out: Path, block: int, level: int) -> None:
     quantizer.model.save_model_to_file(str(out / "model.onnx"), use_external_data_format=False)
 
 
-def main(argv: list[str]) -> int:
-    ref = Reference()
-    for spec in argv:
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    ap.add_argument("--head", type=Path, default=DEFAULT_HEAD_DIR, help="head directory (default: the shipped one)")
+    ap.add_argument("variants", nargs="+")
+    args = ap.parse_args(argv)
+    ref = Reference(args.head)
+    for spec in args.variants:
         with tempfile.TemporaryDirectory() as tmp:
             fp32, q = Path(tmp) / "fp32", Path(tmp) / "q"
             shutil.copytree(SOURCE, fp32)
@@ -126,4 +132,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    raise SystemExit(main())
