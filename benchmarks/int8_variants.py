@@ -13,7 +13,10 @@
 - `nbits:BLOCK,LEVEL`: onnxruntime's block-wise 8-bit `MatMulNBits` (symmetric, BLOCK weights per
   scale). LEVEL 0 computes in fp32 from the dequantised weights, so only the weights are rounded:
   the finest int8 weight grid onnxruntime offers, and a bound on what any int8-weight recipe can
-  agree; LEVEL 4 also quantises activations to int8, per block of BLOCK inputs.
+  agree; LEVEL 4 also quantises activations to int8, per block of BLOCK inputs;
+- `weights:BITS`: the default recipe's weight grid alone, simulated in fp32: each weight column
+  rounded to signed BITS bits with one scale per output channel (7 is int8's reduced range, what
+  `export --int8` uses; 8 the full range), activations left in fp32.
 
 Every MatMul with constant weights is quantised. Writes nothing; prints one line per variant.
 """
@@ -99,6 +102,19 @@ def nbits(src: Path, out: Path, block: int, level: int) -> None:
     quantizer.model.save_model_to_file(str(out / "model.onnx"), use_external_data_format=False)
 
 
+def round_weights(src: Path, out: Path, bits: int) -> None:
+    model = onnx.load(str(src / "model.onnx"))
+    inits = {i.name: i for i in model.graph.initializer}
+    top = 2 ** (bits - 1) - 1
+    for matmuls in weight_groups(model).values():
+        for m in matmuls:
+            w = numpy_helper.to_array(inits[m.input[1]])
+            scale = np.maximum(np.abs(w).max(axis=0, keepdims=True), 1e-12) / top
+            rounded = (np.clip(np.round(w / scale), -top - 1, top) * scale).astype(np.float32)
+            inits[m.input[1]].CopyFrom(numpy_helper.from_array(rounded, m.input[1]))
+    onnx.save(model, str(out / "model.onnx"))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--head", type=Path, default=DEFAULT_HEAD_DIR, help="head directory (default: the shipped one)")
@@ -111,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copytree(SOURCE, fp32)
             shutil.copytree(SOURCE, q)
             weight_type, reduce_range = QuantType.QInt8, True
+            if spec.startswith("weights:"):
+                round_weights(SOURCE, q, int(spec.split(":", 1)[1]))
+                print(ref.compare(spec, q), flush=True)
+                continue
             if spec.startswith("nbits:"):
                 block, level = (int(v) for v in spec.split(":", 1)[1].split(","))
                 nbits(SOURCE, q, block, level)
