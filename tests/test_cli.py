@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,3 +58,39 @@ def test_bad_config_is_one_line_per_problem(tmp_path: Path) -> None:
     res = cli("run", "--config", str(cfg))
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert len([line for line in res.stderr.splitlines() if line.strip()]) == 2
+
+
+def test_evaluate_against_another_embedder(tiny_encoder: Path, tiny_head: Path, tmp_path: Path) -> None:
+    from worker.engine.engine import Engine, EngineOptions
+    from worker.engine.export import quantize_int8
+    from worker.labels import LABELS
+
+    texts = [line for line in (ROOT / "worker" / "data" / "sample_chat.txt").read_text().splitlines() if line]
+    split = tmp_path / "mini.tsv"
+    split.write_text("".join(f"{t}\t{i % 28}\tid{i}\n" for i, t in enumerate(texts)))
+    int8 = tmp_path / "tiny-int8"
+    quantize_int8(tiny_encoder, int8)
+    # Thresholds at each label's median probability, so int8's small errors flip some labels.
+    head = tmp_path / "head"
+    shutil.copytree(tiny_head, head)
+    probs, _, _ = Engine(EngineOptions(str(tiny_encoder), str(tiny_head))).probabilities(texts)
+    medians = np.median(probs, axis=0).tolist()
+    (head / "thresholds.json").write_text(orjson.dumps(dict(zip(LABELS, medians, strict=True))).decode())
+    model = ("--embedder", str(tiny_encoder), "--head", str(head))
+
+    res = cli("evaluate", str(split), *model, "--against", str(tiny_encoder), "--json", str(tmp_path / "same.json"))
+    assert res.returncode == 0, res.stderr
+    same = orjson.loads((tmp_path / "same.json").read_bytes())["against"]
+    assert same["label_sets_identical"] == 1.0 and same["max_abs_dp"] == 0.0 and same["flips"] == {}
+
+    res = cli("evaluate", str(split), *model, "--against", str(int8), "--json", str(tmp_path / "int8.json"))
+    assert res.returncode == 0, res.stderr
+    assert "label sets identical on" in res.stdout
+    got = orjson.loads((tmp_path / "int8.json").read_bytes())["against"]
+    assert got["embedder"] == str(int8) and got["mean_abs_dp"] > 0
+    # the same comparison, made independently through the classify path
+    fp32_sets = [set(r.labels) for r in Engine(EngineOptions(str(tiny_encoder), str(head))).classify(texts)]
+    int8_sets = [set(r.labels) for r in Engine(EngineOptions(str(int8), str(head))).classify(texts)]
+    identical = sum(a == b for a, b in zip(fp32_sets, int8_sets, strict=True)) / len(texts)
+    assert 0 < identical < 1 and got["label_sets_identical"] == identical
+    assert sum(got["flips"].values()) == sum(len(a ^ b) for a, b in zip(fp32_sets, int8_sets, strict=True))

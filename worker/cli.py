@@ -164,6 +164,9 @@ def evaluate(
     embedder: EmbedderOpt = None,
     head: HeadOpt = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the tables as JSON")] = None,
+    against: Annotated[str | None, typer.Option(
+        help="Another embedder (directory or hub id), e.g. the int8 export: also report how often its label "
+             "sets, with the same head, match this model's")] = None,
 ) -> None:
     """Macro and weighted P/R/F1 at the head's thresholds and at 0.5, and the per-label table."""
     from worker.app import load_engine
@@ -171,8 +174,13 @@ def evaluate(
     from worker.observe.logs import setup_logging
 
     setup_logging("WARNING")
-    engine = load_engine(_settings(config, embedder, head))
-    tables = evaluate_split(engine, split)
+    settings = _settings(config, embedder, head)
+    engine = load_engine(settings)
+    other = None
+    if against is not None:
+        other = load_engine(settings.model_copy(update={"model": settings.model.model_copy(
+            update={"embedder": against, "head": engine.identity.head})}))
+    tables = evaluate_split(engine, split, other)
     typer.echo(format_tables(tables))
     if json_out is not None:
         import orjson

@@ -1,4 +1,5 @@
-"""`emotion-worker evaluate`: the reference model card's tables for a model on a split."""
+"""`emotion-worker evaluate`: the reference model card's tables for a model on a split, and how far
+another embedder (an int8 export, say) moves its label sets."""
 
 from __future__ import annotations
 
@@ -13,13 +14,15 @@ from worker.train.dataset import read_split
 from worker.train.metrics import report
 
 
-def evaluate_split(engine: Engine, split_path: Path) -> dict[str, Any]:
+def evaluate_split(engine: Engine, split_path: Path, against: Engine | None = None) -> dict[str, Any]:
+    """The tables for `engine`; with `against`, also how the other engine's label sets (same head and
+    thresholds expected) differ from this one's on the same texts."""
     split = read_split(split_path)
     probs, _, _ = engine.probabilities(split.texts)
     thresholds = engine.thresholds.vector
     at_tuned = report(split.targets, probs >= thresholds)
     at_half = report(split.targets, probs >= 0.5)
-    return {
+    tables = {
         "split": str(split_path),
         "rows": len(split.texts),
         "model": {"embedder": engine.identity.embedder, "head": engine.identity.head,
@@ -35,6 +38,28 @@ def evaluate_split(engine: Engine, split_path: Path) -> dict[str, Any]:
             for j, label in enumerate(LABELS)
         ],
     }
+    if against is not None:
+        other, _, _ = against.probabilities(split.texts)
+        tables["against"] = {
+            "embedder": against.identity.embedder,
+            "head": against.identity.head,
+            "macro_f1": report(split.targets, other >= thresholds).macro()["f1"],
+            **agreement(probs, other, thresholds),
+        }
+    return tables
+
+
+def agreement(probs: np.ndarray, other: np.ndarray, thresholds: np.ndarray) -> dict[str, Any]:
+    """How often two models' label sets are identical, and which labels flip."""
+    on, other_on = probs >= thresholds, other >= thresholds
+    flips = (on != other_on).sum(axis=0)
+    diff = np.abs(probs.astype(np.float64) - other)
+    return {
+        "label_sets_identical": float((on == other_on).all(axis=1).mean()),
+        "mean_abs_dp": float(diff.mean()),
+        "max_abs_dp": float(diff.max()),
+        "flips": {label: int(flips[j]) for j, label in enumerate(LABELS) if flips[j]},
+    }
 
 
 def format_tables(t: dict[str, Any]) -> str:
@@ -48,4 +73,12 @@ def format_tables(t: dict[str, Any]) -> str:
     for row in sorted(t["labels"], key=lambda r: -np.float64(r["f1"])):
         lines.append(f"{row['label']:<15} {row['f1']:>6.3f} {row['precision']:>9.3f} {row['recall']:>7.3f} "
                      f"{row['support']:>8d} {row['threshold']:>9.2f}")
+    a = t.get("against")
+    if a:
+        flips = sorted(a["flips"].items(), key=lambda kv: -kv[1])[:5]
+        lines += ["", f"against {a['embedder']} + {a['head']}:",
+                  f"  label sets identical on {a['label_sets_identical'] * 100:.1f}% of rows; "
+                  f"mean |dP| {a['mean_abs_dp']:.4f}, max {a['max_abs_dp']:.3f}",
+                  f"  macro F1 {a['macro_f1']:.3f} (this model {t['thresholds']['per_label']['macro']['f1']:.3f})",
+                  "  most flipped: " + (", ".join(f"{label} {n}" for label, n in flips) or "none")]
     return "\n".join(lines)
