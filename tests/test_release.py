@@ -14,6 +14,14 @@ def reg(tracker: OffsetTracker, tp: tuple[str, int], offset: int) -> Ticket:
     return ticket
 
 
+def expect(tracker: OffsetTracker, release: OrderedRelease[Ticket, str], offsets: list[int]) -> list[Ticket]:
+    """Register these offsets of partition ("in", 0) and expect them in the release, in order."""
+    tickets = [reg(tracker, ("in", 0), off) for off in offsets]
+    for t in tickets:
+        release.expect(t)
+    return tickets
+
+
 def make(tracker: OffsetTracker | None = None) -> tuple[OrderedRelease[Ticket, str], list[tuple[Ticket, str]]]:
     out: list[tuple[Ticket, str]] = []
     current = tracker.is_current if tracker is not None else (lambda _t: True)
@@ -52,9 +60,7 @@ def test_revoked_partition_is_forgotten_and_late_results_ignored() -> None:
     tracker = OffsetTracker()
     tracker.assign(("in", 0))
     release, out = make(tracker)
-    old = [reg(tracker, ("in", 0), off) for off in range(3)]
-    for t in old:
-        release.expect(t)
+    old = expect(tracker, release, [0, 1, 2])
     release.done(old[1], "late")
     assert release.forget(("in", 0)) == 3
     tracker.forget(("in", 0))
@@ -73,14 +79,10 @@ def test_reassigned_without_revoke_old_work_never_blocks_new() -> None:
     tracker = OffsetTracker()
     tracker.assign(("in", 0))
     release, out = make(tracker)
-    stuck = [reg(tracker, ("in", 0), off) for off in (500, 501)]
-    for t in stuck:
-        release.expect(t)
+    stuck = expect(tracker, release, [500, 501])
     tracker.assign(("in", 0))
-    fresh = [reg(tracker, ("in", 0), off) for off in (0, 1)]
+    fresh = expect(tracker, release, [0, 1])
     assert tracker.unfinished() == 2  # the old assignment's two are void
-    for t in fresh:
-        release.expect(t)
     release.done(fresh[1], "b")
     release.done(fresh[0], "a")
     assert out == [(fresh[0], "a"), (fresh[1], "b")]
@@ -95,9 +97,7 @@ def test_reassigned_while_consumer_keeps_its_position_loses_nothing() -> None:
     tracker = OffsetTracker()
     tracker.assign(("in", 0))
     release, out = make(tracker)
-    flying = [reg(tracker, ("in", 0), off) for off in (10, 11)]
-    for t in flying:
-        release.expect(t)
+    flying = expect(tracker, release, [10, 11])
     tracker.assign(("in", 0))
     after = reg(tracker, ("in", 0), 12)
     release.expect(after)

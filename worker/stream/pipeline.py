@@ -71,6 +71,7 @@ class Pipeline:
         self._inference_lock = threading.Lock()
         self._counts = {"taken": 0, "current": 0, "results": 0}  # messages through inference, for describe()
         self._paused: set[tuple[str, int]] = set()
+        self._redelivering: set[tuple[str, int]] = set()  # partitions inside a run of redelivered messages
         self._last_committed: dict[tuple[str, int], int] = {}
         self._last_commit = time.monotonic()
         k = settings.kafka
@@ -181,12 +182,17 @@ class Pipeline:
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
         if topic is None or partition is None or offset is None:
             return
-        ticket = self.tracker.register((topic, partition), offset)
+        tp = (topic, partition)
+        ticket = self.tracker.register(tp, offset)
         if ticket is None:  # handed out again by the consumer: its first copy is in flight or done
             self.metrics.redelivered.inc()
-            log.warning("skipping redelivered messages of %s[%d] (from offset %d): already processed or in flight",
-                        topic, partition, offset)
+            if tp not in self._redelivering:  # one line per run of redelivered messages, not one each
+                self._redelivering.add(tp)
+                log.warning("skipping redelivered messages of %s[%d] (from offset %d): already processed or in "
+                            "flight", topic, partition, offset)
             return
+        if self._redelivering:
+            self._redelivering.discard(tp)
         self.metrics.consumed.inc()
         ts_type, ts = msg.timestamp()
         envelope = Envelope(
