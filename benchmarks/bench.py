@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from testkit.models import BGE_SMALL_SHAPE, build_random_encoder, build_random_head
 from worker.engine.engine import Engine, EngineOptions
 from worker.engine.export import quantize_int8
-from worker.testing import BGE_SMALL_SHAPE, build_random_encoder, build_random_head
 from worker.train.dataset import read_split
 
 Runner = Callable[[list[str]], None]

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, Producer
 
-from tests.kafka_helpers import Topics, WorkerProcess, produce, start_worker
+from testkit.kafka import Topics, WorkerProcess, produce, start_worker
 from worker.broker import LocalBroker
 
 

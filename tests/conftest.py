@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from testkit.models import build_random_encoder, build_random_head
 from worker.broker import LocalBroker
-from worker.testing import build_random_encoder, build_random_head
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = ROOT.parent / "shared" / "data" / "go_emotions"
@@ -56,7 +56,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
 @pytest.fixture(autouse=True)
 def _no_leftover_workers() -> Iterator[None]:
     """A failed assertion must not leave worker processes running into later tests."""
-    from .kafka_helpers import LIVE
+    from testkit.kafka import LIVE
 
     yield
     while LIVE:

@@ -10,10 +10,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from testkit.models import build_random_head
 from worker.engine.engine import Engine, EngineOptions
 from worker.errors import ModelError
 from worker.labels import LABELS
-from worker.testing import build_random_head
 from worker.train.head_onnx import write_head
 
 from .conftest import TINY

@@ -25,9 +25,8 @@ from confluent_kafka import Producer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from testkit.kafka import Topics, WorkerProcess, committed, produce, read_all, start_worker
 from worker.broker import LocalBroker
-
-from .kafka_helpers import Topics, WorkerProcess, committed, produce, read_all, start_worker
 
 LONG = os.environ.get("FAULT_SUITE") == "long"
 pytestmark = pytest.mark.faults
@@ -350,7 +349,7 @@ def test_sigterm_with_full_in_flight_window(broker: LocalBroker, tmp_path: Path,
                                             tiny_head: Path) -> None:
     """A slow model keeps the in-flight window full; SIGTERM must exit 0 within the timeout with
     everything acknowledged committed, and nothing unacknowledged committed."""
-    from worker.testing import build_random_encoder, build_random_head
+    from testkit.models import build_random_encoder, build_random_head
 
     slow = build_random_encoder(tmp_path / "slow", hidden=256, layers=6, heads=4, ffn=1024)
     head = tmp_path / "head"

@@ -17,9 +17,8 @@ import orjson
 import pytest
 import yaml
 
+from testkit.kafka import Topics, WorkerProcess, produce, read_all, start_worker
 from worker.broker import LocalBroker, free_port
-
-from .kafka_helpers import Topics, WorkerProcess, produce, read_all, start_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

@@ -21,13 +21,13 @@ def test_commit_point_is_first_unfinished() -> None:
     tr.assign(TP)
     tickets = [reg(tr, TP, off) for off in (10, 11, 12, 15)]  # gaps are fine
     assert tr.commit_points() == {}
-    tr.done(tickets[1])
+    tr.acknowledge(tickets[1])
     assert tr.commit_points() == {}
-    tr.done(tickets[0])
+    tr.acknowledge(tickets[0])
     assert tr.commit_points() == {TP: 12}
-    tr.done(tickets[3])
+    tr.acknowledge(tickets[3])
     assert tr.commit_points() == {TP: 12}
-    tr.done(tickets[2])
+    tr.acknowledge(tickets[2])
     assert tr.commit_points() == {TP: 16}
     assert tr.unfinished() == 0
 
@@ -39,17 +39,17 @@ def test_revoked_partition_ignores_late_acks() -> None:
     assert tr.forget(TP) == 1
     tr.assign(TP)
     assert not tr.is_current(old)
-    assert tr.done(old) is False
+    assert tr.acknowledge(old) is False
     assert tr.commit_points() == {}
     new = reg(tr, TP, 0)
-    assert tr.done(new) and tr.commit_points() == {TP: 1}
+    assert tr.acknowledge(new) and tr.commit_points() == {TP: 1}
 
 
 def test_wait_drained_wakes_on_completion() -> None:
     tr = OffsetTracker()
     tr.assign(TP)
     t = reg(tr, TP, 0)
-    timer = threading.Timer(0.1, tr.done, args=(t,))
+    timer = threading.Timer(0.1, tr.acknowledge, args=(t,))
     timer.start()
     assert tr.wait_drained([TP], timeout=5)
     assert not tr.wait_drained(None, timeout=0) or tr.unfinished() == 0
@@ -60,8 +60,8 @@ def test_duplicate_ack_counts_once() -> None:
     tr.assign(TP)
     t = reg(tr, TP, 5)
     reg(tr, TP, 6)
-    assert tr.done(t)
-    assert tr.done(t) is False  # already popped from the done prefix
+    assert tr.acknowledge(t)
+    assert tr.acknowledge(t) is False  # already popped from the done prefix
     assert tr.unfinished() == 1
 
 
@@ -71,13 +71,13 @@ def test_redelivered_offsets_are_refused() -> None:
     tr = OffsetTracker()
     tr.assign(TP)
     first = [reg(tr, TP, off) for off in (0, 1, 2)]
-    assert tr.done(first[0])
+    assert tr.acknowledge(first[0])
     assert tr.register(TP, 0) is None  # done and committed-to already
     assert tr.register(TP, 1) is None  # still in flight
     assert tr.unfinished() == 2
     later = reg(tr, TP, 3)
     for t in (*first[1:], later):
-        assert tr.done(t)
+        assert tr.acknowledge(t)
     assert tr.unfinished() == 0 and tr.commit_points() == {TP: 4}
     tr.forget(TP)
     tr.assign(TP)

@@ -36,7 +36,7 @@ def test_out_of_order_results_leave_in_partition_order() -> None:
     shuffled = list(tickets)
     random.Random(7).shuffle(shuffled)
     for t in shuffled:
-        release.done(t, f"r{t.tp[1]}-{t.offset}")
+        release.result_ready(t, f"r{t.tp[1]}-{t.offset}")
     assert len(out) == len(tickets) and release.waiting() == 0
     for p in (0, 1, 2):
         emitted = [t.offset for t, _ in out if t.tp == ("in", p)]
@@ -49,10 +49,10 @@ def test_a_partition_waits_only_for_its_own_earlier_messages() -> None:
     a0, a1, b0 = Ticket(("in", 0), 0, 1), Ticket(("in", 0), 1, 1), Ticket(("in", 1), 0, 1)
     for t in (a0, a1, b0):
         release.expect(t)
-    release.done(a1, "a1")
-    release.done(b0, "b0")
+    release.result_ready(a1, "a1")
+    release.result_ready(b0, "b0")
     assert out == [(b0, "b0")]  # a1 is held back behind a0; partition 1 is not
-    release.done(a0, "a0")
+    release.result_ready(a0, "a0")
     assert out == [(b0, "b0"), (a0, "a0"), (a1, "a1")]
 
 
@@ -61,15 +61,15 @@ def test_revoked_partition_is_forgotten_and_late_results_ignored() -> None:
     tracker.assign(("in", 0))
     release, out = make(tracker)
     old = expect(tracker, release, [0, 1, 2])
-    release.done(old[1], "late")
+    release.result_ready(old[1], "late")
     assert release.forget(("in", 0)) == 3
     tracker.forget(("in", 0))
-    release.done(old[0], "late")
+    release.result_ready(old[0], "late")
     tracker.assign(("in", 0))
     new = reg(tracker, ("in", 0), 0)  # reassigned: new epoch, same offsets redone
     release.expect(new)
-    release.done(old[2], "late")
-    release.done(new, "fresh")
+    release.result_ready(old[2], "late")
+    release.result_ready(new, "fresh")
     assert out == [(new, "fresh")]
 
 
@@ -83,10 +83,10 @@ def test_reassigned_without_revoke_old_work_never_blocks_new() -> None:
     tracker.assign(("in", 0))
     fresh = expect(tracker, release, [0, 1])
     assert tracker.unfinished() == 2  # the old assignment's two are void
-    release.done(fresh[1], "b")
-    release.done(fresh[0], "a")
+    release.result_ready(fresh[1], "b")
+    release.result_ready(fresh[0], "a")
     assert out == [(fresh[0], "a"), (fresh[1], "b")]
-    release.done(stuck[0], "stale")
+    release.result_ready(stuck[0], "stale")
     assert out == [(fresh[0], "a"), (fresh[1], "b")] and release.waiting() == 0
 
 
@@ -101,12 +101,12 @@ def test_reassigned_while_consumer_keeps_its_position_loses_nothing() -> None:
     tracker.assign(("in", 0))
     after = reg(tracker, ("in", 0), 12)
     release.expect(after)
-    release.done(after, "c")
-    assert tracker.done(after) and tracker.commit_points() == {}
-    release.done(flying[0], "a")
-    release.done(flying[1], "b")
+    release.result_ready(after, "c")
+    assert tracker.acknowledge(after) and tracker.commit_points() == {}
+    release.result_ready(flying[0], "a")
+    release.result_ready(flying[1], "b")
     assert out == [(flying[0], "a"), (flying[1], "b"), (after, "c")]
-    assert tracker.done(flying[0]) and tracker.done(flying[1])
+    assert tracker.acknowledge(flying[0]) and tracker.acknowledge(flying[1])
     assert tracker.commit_points() == {("in", 0): 13} and tracker.unfinished() == 0
 
 
@@ -122,8 +122,8 @@ def test_redelivery_never_strands_a_partition() -> None:
     assert tracker.register(("in", 0), 0) is None
     c = reg(tracker, ("in", 0), 2)
     release.expect(c)
-    release.done(c, "c")
-    release.done(a, "a")
-    release.done(b, "b")
+    release.result_ready(c, "c")
+    release.result_ready(a, "a")
+    release.result_ready(b, "b")
     assert out == [(a, "a"), (b, "b"), (c, "c")]
     assert release.waiting() == 0

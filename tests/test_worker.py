@@ -10,9 +10,8 @@ from pathlib import Path
 import orjson
 from confluent_kafka import Message
 
+from testkit.kafka import Topics, committed, end_offsets, produce, read_all, start_worker
 from worker.broker import LocalBroker
-
-from .kafka_helpers import Topics, committed, end_offsets, produce, read_all, start_worker
 
 BAD_VALUES = [
     b"not json",

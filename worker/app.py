@@ -1,4 +1,4 @@
-"""Wire a worker together from settings: logging, metrics and health, the engine, the pipeline,
+"""Wire a worker together from settings: logging, metrics and health, the engine, the stream side,
 and signal handling. `run_worker` is what `emotion-worker run` calls."""
 
 from __future__ import annotations
@@ -38,11 +38,12 @@ def load_engine(settings: Settings) -> Engine:
 
 def run_worker(settings: Settings, *, stop_event: threading.Event | None = None,
                install_signals: bool = True) -> int:
-    from worker.stream.pipeline import Pipeline
+    from worker.stream.assemble import assemble
+    from worker.stream.consumer_loop import ConsumerLoop
 
     setup_logging(settings.observe.log_level, settings.observe.log_json, secrets_of(settings))
     stop_event = stop_event if stop_event is not None else threading.Event()
-    running: list[Pipeline] = []
+    running: list[ConsumerLoop] = []
 
     def log_state() -> None:
         if running:
@@ -74,8 +75,11 @@ def run_worker(settings: Settings, *, stop_event: threading.Event | None = None,
         health.model_ready = True
         if stop_event.is_set():
             return 0
-        pipeline = Pipeline(settings, engine, metrics, health, stop_event)
-        running.append(pipeline)
-        return pipeline.run()
+        loop = assemble(settings, engine, metrics, health)
+        running.append(loop)
+        k = settings.kafka
+        log.info("consuming %s -> %s (dead letters: %s), group %s", k.input_topic, k.output_topic,
+                 k.dead_letter_topic, k.group_id)
+        return loop.run(stop_event)
     finally:
         server.stop()

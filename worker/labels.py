@@ -6,7 +6,6 @@ LABELS: tuple[str, ...] = (
     "excitement", "fear", "gratitude", "grief", "joy", "love", "nervousness", "optimism",
     "pride", "realization", "relief", "remorse", "sadness", "surprise", "neutral",
 )
-NUM_LABELS = len(LABELS)
 
 
 def label_mismatch(names: list[str]) -> str | None:

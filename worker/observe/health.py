@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import orjson
@@ -16,11 +17,10 @@ from worker.observe.metrics import Metrics
 class Health:
     def __init__(self, stall_after_s: float) -> None:
         self.stall_after_s = stall_after_s
-        self.started = time.monotonic()
         self.last_beat = time.monotonic()
         self.model_ready = False
         self.joined = False
-        self.output_ok = True
+        self.output_check: Callable[[], bool] = lambda: True  # the publisher's: no failure since its last success
         self.output_error = ""
         self.stopping = False
         self.threads: list[threading.Thread] = []
@@ -43,11 +43,12 @@ class Health:
 
     def ready(self) -> tuple[bool, dict[str, object]]:
         live, _ = self.live()
+        output_ok = self.output_check()
         checks = {"model_loaded": self.model_ready, "group_joined": self.joined,
-                  "output_ok": self.output_ok, "poll_loop_alive": live, "not_stopping": not self.stopping}
+                  "output_ok": output_ok, "poll_loop_alive": live, "not_stopping": not self.stopping}
         ok = all(checks.values())
         body: dict[str, object] = {"status": "ready" if ok else "not ready", **checks}
-        if not self.output_ok:
+        if not output_ok:
             body["output_error"] = self.output_error
         return ok, body
 

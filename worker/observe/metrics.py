@@ -6,7 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from worker import __version__
 from worker.labels import LABELS
-from worker.stream.decode import REASONS as DEAD_LETTER_REASONS
+from worker.reasons import DEAD_LETTER_REASONS
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0,
                    10.0, 20.0, 30.0)

@@ -9,10 +9,6 @@ import orjson
 
 Header = tuple[str, bytes | None]
 
-# Every reason a message can be dead-lettered for (metrics are initialised with all of them).
-REASONS = ("null_value", "too_large", "invalid_utf8", "invalid_json", "not_an_object", "missing_text",
-           "text_not_string", "empty_text", "inference_error")
-
 
 @dataclass(frozen=True)
 class Source:
@@ -42,7 +38,7 @@ class ChatMessage:
 @dataclass(frozen=True)
 class Rejected:
     envelope: Envelope
-    reason: str  # a stable, short error class: metrics label and DLQ header
+    reason: str  # one of worker.reasons.DEAD_LETTER_REASONS
     detail: str
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import orjson
+
+from worker.observe.metrics import Metrics
 
 
 def parse_lag(stats_json: str, topic: str) -> dict[tuple[str, int], int]:
@@ -18,3 +22,13 @@ def parse_lag(stats_json: str, topic: str) -> dict[tuple[str, int], int]:
         if pid >= 0 and isinstance(lag, int) and lag >= 0:
             out[(topic, pid)] = lag
     return out
+
+
+def lag_reporter(metrics: Metrics, topic: str) -> Callable[[str], None]:
+    """For the consumer's stats_cb: the lag gauge per partition of the input topic."""
+
+    def report(stats_json: str) -> None:
+        for (t, partition), lag in parse_lag(stats_json, topic).items():
+            metrics.lag.labels(topic=t, partition=str(partition)).set(lag)
+
+    return report

@@ -1,8 +1,8 @@
 """Per-partition completion tracking: what is safe to commit.
 
-Every consumed offset is registered in arrival order. It is marked done once its output or
+Every consumed offset is registered in arrival order. It is acknowledged once its output or
 dead-letter record is acknowledged by the broker. The commit point of a partition is the first
-offset that is not done (or one past the last, when all are). Revoking or losing a partition
+offset not yet acknowledged (or one past the last, when all are). Revoking or losing a partition
 bumps its epoch, so late acknowledgements of the old assignment are ignored.
 
 An offset at or below the highest one already registered in the same assignment is a redelivery
@@ -25,12 +25,12 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-TopicPartition = tuple[str, int]
+PartitionId = tuple[str, int]  # (topic, partition)
 
 
 @dataclass(frozen=True)
 class Ticket:
-    tp: TopicPartition
+    tp: PartitionId
     offset: int
     epoch: int
 
@@ -40,7 +40,7 @@ class _Partition:
 
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
-        self.pending: OrderedDict[int, bool] = OrderedDict()  # offset -> done, in arrival order
+        self.pending: OrderedDict[int, bool] = OrderedDict()  # offset -> acknowledged, in arrival order
         self.committed: int | None = None  # last offset handed to commit (exclusive)
         self.last: int | None = None  # highest offset registered in this assignment
         self.reassigned = False  # assigned again since; the next offset tells whether to start over
@@ -49,12 +49,12 @@ class _Partition:
 class OffsetTracker:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._parts: dict[TopicPartition, _Partition] = {}
-        self._epochs: dict[TopicPartition, int] = {}
+        self._parts: dict[PartitionId, _Partition] = {}
+        self._epochs: dict[PartitionId, int] = {}
         self._in_flight = 0
         self._drained = threading.Condition(self._lock)
 
-    def assign(self, tp: TopicPartition) -> None:
+    def assign(self, tp: PartitionId) -> None:
         with self._lock:
             part = self._parts.get(tp)
             if part is not None:  # assigned again without a revoke: decided at the next offset
@@ -62,7 +62,7 @@ class OffsetTracker:
                 return
             self._start(tp)
 
-    def _start(self, tp: TopicPartition) -> _Partition:
+    def _start(self, tp: PartitionId) -> _Partition:
         old = self._parts.get(tp)
         if old is not None:  # the old assignment's unfinished work is void
             self._in_flight -= len(old.pending)
@@ -72,7 +72,7 @@ class OffsetTracker:
         part = self._parts[tp] = _Partition(epoch)
         return part
 
-    def register(self, tp: TopicPartition, offset: int) -> Ticket | None:
+    def register(self, tp: PartitionId, offset: int) -> Ticket | None:
         """A ticket for a newly consumed offset; None for a redelivery of one already registered."""
         with self._lock:
             part = self._parts.get(tp)
@@ -94,8 +94,9 @@ class OffsetTracker:
             part = self._parts.get(ticket.tp)
             return part is not None and part.epoch == ticket.epoch
 
-    def done(self, ticket: Ticket) -> bool:
-        """Mark acknowledged. Returns False when the ticket belongs to a revoked assignment."""
+    def acknowledge(self, ticket: Ticket) -> bool:
+        """The broker acknowledged this offset's record. False when the ticket belongs to a revoked or
+        replaced assignment (the acknowledgement then counts for nothing)."""
         with self._lock:
             part = self._parts.get(ticket.tp)
             if part is None or part.epoch != ticket.epoch or ticket.offset not in part.pending:
@@ -106,17 +107,17 @@ class OffsetTracker:
             return True
 
     def _advance(self, part: _Partition) -> None:
-        # Drop the done prefix; remember where it ends as the commit point.
+        # Drop the acknowledged prefix; remember where it ends as the commit point.
         while part.pending:
-            offset, done = next(iter(part.pending.items()))
-            if not done:
+            offset, acked = next(iter(part.pending.items()))
+            if not acked:
                 break
             part.pending.popitem(last=False)
             part.committed = offset + 1
             self._in_flight -= 1
         self._drained.notify_all()
 
-    def commit_points(self, tps: list[TopicPartition] | None = None) -> dict[TopicPartition, int]:
+    def commit_points(self, tps: list[PartitionId] | None = None) -> dict[PartitionId, int]:
         """Offsets (exclusive) safe to commit, for tracked partitions that have one."""
         with self._lock:
             out = {}
@@ -127,7 +128,7 @@ class OffsetTracker:
                     out[tp] = part.committed
             return out
 
-    def forget(self, tp: TopicPartition) -> int:
+    def forget(self, tp: PartitionId) -> int:
         """Stop tracking a partition (revoked or lost). Returns how many unfinished it held."""
         with self._lock:
             part = self._parts.pop(tp, None)
@@ -139,14 +140,12 @@ class OffsetTracker:
             self._drained.notify_all()
             return unfinished
 
-    def unfinished(self, tp: TopicPartition | None = None) -> int:
+    def unfinished(self) -> int:
+        """Registered and not yet acknowledged, over every tracked partition."""
         with self._lock:
-            if tp is None:
-                return self._in_flight
-            part = self._parts.get(tp)
-            return 0 if part is None else len(part.pending)
+            return self._in_flight
 
-    def wait_drained(self, tps: list[TopicPartition] | None, timeout: float) -> bool:
+    def wait_drained(self, tps: list[PartitionId] | None, timeout: float) -> bool:
         """Block until the given partitions (all, if None) have no unfinished work."""
         def drained() -> bool:
             if tps is None:
@@ -168,6 +167,6 @@ class OffsetTracker:
                                                 "committed": part.committed}
             return out
 
-    def assigned(self) -> list[TopicPartition]:
+    def assigned(self) -> list[PartitionId]:
         with self._lock:
             return list(self._parts)

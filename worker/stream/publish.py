@@ -1,5 +1,9 @@
-"""Results and dead letters out: an idempotent producer (acks=all), delivery callbacks that mark
-offsets done, and retries with backoff for transient failures (never a dead letter for those)."""
+"""Records out to Kafka: an idempotent producer (acks=all), a delivery report per record that runs
+its `on_ack`, retries with backoff for transient failures (never a dead letter for those), and a
+fresh producer when the old one cannot recover. Knows nothing of offsets or of what a record means.
+
+`send` is thread-safe (librdkafka's produce is); delivery reports and retries run on the publisher
+thread."""
 
 from __future__ import annotations
 
@@ -15,7 +19,6 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from worker.stream.offsets import OffsetTracker, Ticket
 from worker.stream.records import Record
 
 log = logging.getLogger(__name__)
@@ -28,13 +31,17 @@ BACKOFF_MAX_S = 5.0
 RESET_AFTER_S = 10.0
 
 
+def _always() -> bool:
+    return True
+
+
 @dataclass
 class Outgoing:
     topic: str
-    kind: str  # "output" or "dead_letter"
-    ticket: Ticket
+    kind: str  # "output" or "dead_letter": a metric label
     record: Record
-    on_ack: Callable[[], None] | None = None
+    on_ack: Callable[[], None]  # the broker acknowledged the record
+    wanted: Callable[[], bool] = _always  # checked before each (re)send: False drops the record
     attempts: int = 0
 
 
@@ -49,9 +56,9 @@ class Publisher:
     def __init__(
         self,
         producer_conf: dict[str, Any],
-        tracker: OffsetTracker,
         *,
         on_failure: Callable[[Outgoing, str], None] | None = None,
+        make_producer: Callable[[dict[str, Any]], Producer] = Producer,
     ) -> None:
         conf: dict[str, object] = {
             "linger.ms": 5,
@@ -62,13 +69,13 @@ class Publisher:
             "acks": "all",
         }
         self._conf = conf
-        self.producer = Producer(conf)
+        self._make_producer = make_producer
+        self.producer = make_producer(conf)
         self._retired: list[Producer] = []
         self._outstanding: dict[int, Outgoing] = {}  # handed to the producer, not yet reported back
         self._failing_since: float | None = None
         self._last_reset = time.monotonic()
         self.resets = 0
-        self.tracker = tracker
         self.on_failure = on_failure
         self._retries: list[_Retry] = []
         self._seq = itertools.count()
@@ -81,8 +88,8 @@ class Publisher:
         return self
 
     def send(self, item: Outgoing) -> None:
-        if not self.tracker.is_current(item.ticket):
-            return  # the partition was revoked or lost: its new owner will redo this message
+        if not item.wanted():
+            return  # e.g. its partition was revoked: the new owner redoes the message
         rec = item.record
         key = next(self._seq)
 
@@ -93,8 +100,7 @@ class Publisher:
                 return  # from a replaced producer: this record was already rescheduled
             if err is None:
                 self._failing_since = None
-                if self.tracker.done(item.ticket) and item.on_ack is not None:
-                    item.on_ack()
+                item.on_ack()
             else:
                 self._failed(item, err.str())
 
@@ -168,7 +174,7 @@ class Publisher:
         if self._failing_since is None:
             self._failing_since = now
         log.warning("%s: replacing the producer with a fresh one and retrying its records", why)
-        fresh = Producer(self._conf)
+        fresh = self._make_producer(self._conf)
         with self._lock:
             old, self.producer = self.producer, fresh
             pending = list(self._outstanding.values())

@@ -1,8 +1,9 @@
 """Keep each partition's outputs in input order while results finish out of order.
 
 Micro-batches run side by side, and the model calls inside one finish in any order. Messages are expected
-here in consume order; a finished message is handed on only once every earlier message of its
-partition has been, so the output topic sees each partition's messages in the order they came.
+here in consume order; a message whose result (labels or a dead-letter reason) is ready is handed on
+only once every earlier message of its partition has been, so each partition's records leave in the
+order its messages came.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from itertools import groupby
 from typing import Generic, TypeVar
 
-from worker.stream.offsets import Ticket, TopicPartition
+from worker.stream.offsets import PartitionId, Ticket
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -26,7 +27,7 @@ class OrderedRelease(Generic[T, R]):
         self._emit = emit
         self._is_current = is_current  # False once its partition was revoked, lost or reassigned
         self._lock = threading.Lock()
-        self._queues: dict[TopicPartition, deque[T]] = {}
+        self._queues: dict[PartitionId, deque[T]] = {}
         self._ready: dict[Ticket, R] = {}
 
     def expect(self, item: T) -> None:
@@ -34,8 +35,9 @@ class OrderedRelease(Generic[T, R]):
         with self._lock:
             self._queues.setdefault(self._ticket_of(item).tp, deque()).append(item)
 
-    def done(self, item: T, result: R) -> None:
-        """The item's result is ready: emit it and whatever of its partition it was holding back."""
+    def result_ready(self, item: T, result: R) -> None:
+        """The item's result is ready: emit it and whatever of its partition it was holding back.
+        `emit` runs on the calling thread, under the release's lock (so emits keep their order)."""
         ticket = self._ticket_of(item)
         with self._lock:
             queue = self._queues.get(ticket.tp)
@@ -52,7 +54,7 @@ class OrderedRelease(Generic[T, R]):
                 else:
                     break
 
-    def forget(self, tp: TopicPartition) -> int:
+    def forget(self, tp: PartitionId) -> int:
         """Drop a revoked or lost partition's waiting items; returns how many were dropped."""
         with self._lock:
             queue = self._queues.pop(tp, deque())

@@ -35,16 +35,21 @@ class Topics:
         return t
 
 
-def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]],
+Header = tuple[str, str | bytes | None]
+
+
+def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes | None, list[Header]]],
             partition: int | None = None) -> int:
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True,
                   "message.max.bytes": 20_000_000})
     n = 0
     for key, value, headers in records:
-        kwargs = {} if partition is None else {"partition": partition}
         while True:
             try:
-                p.produce(topic, value=value, key=key, headers=headers, **kwargs)
+                if partition is None:
+                    p.produce(topic, value=value, key=key, headers=headers)
+                else:
+                    p.produce(topic, value=value, key=key, headers=headers, partition=partition)
                 break
             except BufferError:
                 p.poll(0.1)
@@ -93,7 +98,9 @@ def end_offsets(bootstrap: str, topic: str, expect: int) -> dict[int, int]:
     answers are not reliable enough to test against)."""
     out: dict[int, int] = {}
     for m in read_all(bootstrap, topic, expect=expect, timeout=30):
-        out[m.partition()] = max(out.get(m.partition(), 0), m.offset() + 1)
+        part, offset = m.partition(), m.offset()
+        assert part is not None and offset is not None
+        out[part] = max(out.get(part, 0), offset + 1)
     return out
 
 
