@@ -192,6 +192,7 @@ def head_share(engine: Engine, texts: list[str]) -> dict[str, float]:
 
 def quality(data_dir: Path) -> dict[str, Any] | None:
     """int8 vs fp32 with the offline default model on the full dev split."""
+    from worker.evaluate import agreement
     from worker.model_choice import DEFAULT_HEAD_DIR
     from worker.train.metrics import report
 
@@ -202,14 +203,14 @@ def quality(data_dir: Path) -> dict[str, Any] | None:
     if not (int8 / "model.onnx").is_file():
         quantize_int8(fp32, int8)
     dev = read_split(data_dir / "dev.tsv")
-    preds = {}
+    probs = {}
     out: dict[str, Any] = {}
     for name, path in (("fp32", fp32), ("int8", int8)):
         engine = Engine(EngineOptions(embedder=str(path), head=str(DEFAULT_HEAD_DIR), cache_size=0))
-        probs, _, _ = engine.probabilities(dev.texts)
-        preds[name] = probs >= engine.thresholds.vector
-        out[f"macro_f1_{name}"] = report(dev.targets, preds[name]).macro()["f1"]
-    out["label_set_agreement"] = float((preds["fp32"] == preds["int8"]).all(axis=1).mean())
+        probs[name], _, _ = engine.probabilities(dev.texts)
+        thresholds = engine.thresholds.vector
+        out[f"macro_f1_{name}"] = report(dev.targets, probs[name] >= thresholds).macro()["f1"]
+    out["label_set_agreement"] = agreement(probs["fp32"], probs["int8"], thresholds)["label_sets_identical"]
     out["rows"] = len(dev.texts)
     return out
 

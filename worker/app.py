@@ -11,7 +11,7 @@ from types import FrameType
 
 import orjson
 
-from worker.config import Settings, is_secret
+from worker.config import Settings, is_secret, redact
 from worker.engine.engine import Engine
 from worker.model_choice import engine_options
 from worker.observe.health import Health, ObserveServer
@@ -80,6 +80,8 @@ def run_worker(settings: Settings, *, stop_event: threading.Event | None = None,
         k = settings.kafka
         log.info("consuming %s -> %s (dead letters: %s), group %s", k.input_topic, k.output_topic,
                  k.dead_letter_topic, k.group_id)
+        log.debug("kafka properties: common %s, consumer %s, producer %s", redact(k.common), redact(k.consumer),
+                  redact(k.producer))
         return loop.run(stop_event)
     finally:
         server.stop()

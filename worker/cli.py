@@ -1,4 +1,4 @@
-"""The `emotion-worker` command: run, demo, classify, export, train-head, evaluate, bench."""
+"""The `emotion-worker` command: run, demo, produce-samples, classify, export, train-head, evaluate."""
 
 from __future__ import annotations
 

@@ -14,8 +14,6 @@ class ResultCache(Generic[V]):
         self.capacity = capacity
         self._data: OrderedDict[str, V] = OrderedDict()
         self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
 
     def get(self, key: str) -> V | None:
         if self.capacity <= 0:
@@ -23,10 +21,8 @@ class ResultCache(Generic[V]):
         with self._lock:
             value = self._data.get(key)
             if value is None:
-                self.misses += 1
                 return None
             self._data.move_to_end(key)
-            self.hits += 1
             return value
 
     def put(self, key: str, value: V) -> None:

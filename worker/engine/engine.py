@@ -72,20 +72,17 @@ class Engine:
             thresholds_hash=self.thresholds.digest(),
             pooling=self.embedder.pooling,
         )
-        self.folded: ort.InferenceSession | None = None
-        self.hidden_size: int | None = None
-        self.warm_up()
-        if options.fold_head:
-            self.folded = self._fold(head_dir)
+        # The width the graphs declare: a head trained for another embedder is refused before any session opens.
+        self.hidden_size: int | None = self.embedder.declared_width or self.head.input_width
+        if self.hidden_size is not None:
+            self.head.check_width(self.hidden_size)
+        self.folded: ort.InferenceSession | None = self._fold(head_dir) if options.fold_head else None
+        if self.folded is None:
+            self._warm_up_separate_sessions()
 
-    def warm_up(self) -> None:
-        """Run once so the first real batch pays no start-up cost; checks head vs embedder width."""
-        if self.options.fold_head:
-            # Read the width from the graph: a separate encoder session is never opened.
-            self.hidden_size = self.embedder.declared_width or self.head.input_width
-            if self.hidden_size is not None:
-                self.head.check_width(self.hidden_size)
-            return
+    def _warm_up_separate_sessions(self) -> None:
+        """Run one text through encoder and head, so the first real batch pays no start-up cost;
+        checks the head against the width the encoder really produces."""
         vectors = self.embedder.embed_padded(*self._warm_up_batch())
         self.hidden_size = int(vectors.shape[1])
         self.head.check_width(self.hidden_size)
@@ -100,7 +97,8 @@ class Engine:
         return batch.ids, batch.mask
 
     def _fold(self, head_dir: Path) -> ort.InferenceSession | None:
-        """One session for encoder, pooling and head; None (two sessions) if the models can't be joined."""
+        """One session for encoder, pooling and head, warmed up with one text; None (two sessions)
+        if the models can't be joined."""
         try:
             folded = fold_head(self.embedder.encoder_file, self.embedder.output_name, self.embedder.pooling,
                                head_dir / "model.onnx")
@@ -117,7 +115,6 @@ class Engine:
             log.warning("could not fold the head into the encoder (%s: %s); using separate sessions",
                         type(exc).__name__, exc)
             self.options = replace(self.options, fold_head=False)
-            self.warm_up()
             return None
         if probs.shape != (1, len(LABELS)):
             raise ModelError(f"head produced shape {probs.shape}, expected (1, 28)")
@@ -160,7 +157,6 @@ class Engine:
                 t0 = time.perf_counter()
                 probs = self._score(batch.ids, batch.mask)
                 timing.model_s += time.perf_counter() - t0
-                timing.batches += 1
                 yield batch.indices, probs
             return
         running = {self._pool.submit(self._score, b.ids, b.mask): b.indices for b in batches}
@@ -171,8 +167,7 @@ class Engine:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 timing.model_s += time.perf_counter() - t0  # time spent waiting for the model
                 for future in done:
-                    timing.batches += 1
-                    yield running[future], future.result()
+                        yield running[future], future.result()
         finally:
             for future in pending:
                 future.cancel()

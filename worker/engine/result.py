@@ -21,7 +21,6 @@ class Result:
 class Timing:
     tokenize_s: float = 0.0
     model_s: float = 0.0
-    batches: int = 0
     cache_hits: int = 0
 
 

@@ -1,5 +1,6 @@
-"""One line per event; JSON optional. Secrets never reach a log line: config dicts are redacted
-before logging, and a filter masks known secret values should one slip into a message."""
+"""One line per event; JSON optional; repeats collapsed. Secrets never reach a log line: the
+worker logs its Kafka properties only through `config.redact`, and a filter masks the configured
+secret values should one slip into any message (a librdkafka line, say)."""
 
 from __future__ import annotations
 

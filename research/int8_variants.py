@@ -1,7 +1,8 @@
 """Other dynamic-int8 recipes against fp32: label-set agreement on dev with the offline model.
 
-    python -m benchmarks.int8_variants default full-range unsigned smooth:0.5 nbits:32,0 nbits:32,4
-    python -m benchmarks.int8_variants --head DIR default   # another head on the same embedder
+    python -m research.int8_variants --dev DEV.tsv --train TRAIN.tsv default full-range unsigned smooth:0.5 \
+        nbits:32,0 nbits:32,4
+    python -m research.int8_variants --dev DEV.tsv --head DIR default   # another head on the same embedder
 
 - `default`: what `emotion-worker export --int8` writes (signed, per-channel, reduced range);
 - `full-range`: signed 8-bit weights without the reduced range (AVX2 without VNNI may saturate);
@@ -23,7 +24,6 @@ Every MatMul with constant weights is quantised. Writes nothing; prints one line
 
 from __future__ import annotations
 
-import argparse
 import logging
 import shutil
 import tempfile
@@ -34,14 +34,11 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
-from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 from transformers import AutoTokenizer
 
-from benchmarks.int8_roles import SOURCE, Reference
-from worker.model_choice import DEFAULT_HEAD_DIR
+from research.int8_roles import Reference, arguments
 from worker.train.dataset import read_split
 
-TRAIN = Path("../shared/data/go_emotions/train.tsv")
 CALIBRATION_TEXTS = 300
 
 
@@ -55,7 +52,7 @@ def weight_groups(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     return groups
 
 
-def activation_max(model_dir: Path, inputs: list[str]) -> dict[str, np.ndarray]:
+def activation_max(model_dir: Path, inputs: list[str], train: Path) -> dict[str, np.ndarray]:
     """Per-channel max |x| of the given tensors over calibration train texts, one text per call
     (no padding rows)."""
     model = onnx.load(str(model_dir / "model.onnx"))
@@ -64,7 +61,7 @@ def activation_max(model_dir: Path, inputs: list[str]) -> dict[str, np.ndarray]:
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     feeds = [i.name for i in session.get_inputs()]
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    texts = read_split(TRAIN).texts
+    texts = read_split(train).texts
     pick = np.random.default_rng(0).choice(len(texts), CALIBRATION_TEXTS, replace=False)
     peak = {name: np.zeros(0, dtype=np.float32) for name in inputs}
     for i in pick:
@@ -75,10 +72,10 @@ def activation_max(model_dir: Path, inputs: list[str]) -> dict[str, np.ndarray]:
     return peak
 
 
-def smooth(src: Path, out: Path, alpha: float) -> None:
+def smooth(src: Path, out: Path, alpha: float, train: Path) -> None:
     model = onnx.load(str(src / "model.onnx"))
     groups = weight_groups(model)
-    peak = activation_max(src, list(groups))
+    peak = activation_max(src, list(groups), train)
     inits = {i.name: i for i in model.graph.initializer}
     for x, matmuls in groups.items():
         weights = [numpy_helper.to_array(inits[m.input[1]]) for m in matmuls]
@@ -95,6 +92,9 @@ def smooth(src: Path, out: Path, alpha: float) -> None:
 
 
 def nbits(src: Path, out: Path, block: int, level: int) -> None:
+    # needs the onnx-ir package (pip install onnx-ir), which the project does not otherwise use
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)  # a line per node otherwise
     config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, accuracy_level=level, bits=8)
     quantizer = MatMulNBitsQuantizer(onnx.load(str(src / "model.onnx")), algo_config=config)
@@ -116,24 +116,24 @@ def round_weights(src: Path, out: Path, bits: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    ap.add_argument("--head", type=Path, default=DEFAULT_HEAD_DIR, help="head directory (default: the shipped one)")
-    ap.add_argument("variants", nargs="+")
+    ap = arguments(__doc__.split("\n", 1)[0])
+    ap.add_argument("--train", type=Path, help="GoEmotions train split: calibration texts for smooth:ALPHA")
     args = ap.parse_args(argv)
-    ref = Reference(args.head)
+    ref = Reference(args.model, args.head, args.dev)
+    source = args.model
     for spec in args.variants:
         with tempfile.TemporaryDirectory() as tmp:
             fp32, q = Path(tmp) / "fp32", Path(tmp) / "q"
-            shutil.copytree(SOURCE, fp32)
-            shutil.copytree(SOURCE, q)
+            shutil.copytree(source, fp32)
+            shutil.copytree(source, q)
             weight_type, reduce_range = QuantType.QInt8, True
             if spec.startswith("weights:"):
-                round_weights(SOURCE, q, int(spec.split(":", 1)[1]))
+                round_weights(source, q, int(spec.split(":", 1)[1]))
                 print(ref.compare(spec, q), flush=True)
                 continue
             if spec.startswith("nbits:"):
                 block, level = (int(v) for v in spec.split(":", 1)[1].split(","))
-                nbits(SOURCE, q, block, level)
+                nbits(source, q, block, level)
                 print(ref.compare(spec, q), flush=True)
                 continue
             if spec == "full-range":
@@ -141,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
             elif spec == "unsigned":
                 weight_type, reduce_range = QuantType.QUInt8, False
             elif spec.startswith("smooth:"):
-                smooth(SOURCE, fp32, float(spec.split(":", 1)[1]))
+                if args.train is None:
+                    raise SystemExit("smooth:ALPHA needs --train")
+                smooth(source, fp32, float(spec.split(":", 1)[1]), args.train)
                 print(ref.compare(f"{spec}, fp32 after smoothing (must agree 1.0)", fp32), flush=True)
             elif spec != "default":
                 raise SystemExit(f"unknown variant {spec!r}")

@@ -1,0 +1,162 @@
+"""Small in-process stand-ins for the Kafka clients and the engine, to drive the consumer loop's
+rules without a broker. They record what the loop asked of them; tests decide when records are
+acknowledged."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from confluent_kafka import TopicPartition
+
+from worker.engine.result import ModelIdentity, Result, Timing
+from worker.labels import LABELS
+from worker.stream.publish import Outgoing
+
+
+@dataclass
+class FakeMessage:
+    topic_: str
+    partition_: int
+    offset_: int
+    value_: bytes | None
+
+    def error(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return self.topic_
+
+    def partition(self) -> int:
+        return self.partition_
+
+    def offset(self) -> int:
+        return self.offset_
+
+    def timestamp(self) -> tuple[int, int]:
+        return 1, int(time.time() * 1000)
+
+    def key(self) -> bytes:
+        return b"k"
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return []
+
+    def value(self) -> bytes | None:
+        return self.value_
+
+
+def chat(topic: str, partition: int, offset: int) -> FakeMessage:
+    return FakeMessage(topic, partition, offset, orjson.dumps({"id": f"{partition}:{offset}", "text": f"hi {offset}"}))
+
+
+@dataclass
+class FakeConsumer:
+    """Hands out queued messages of unpaused partitions; records commits, pauses and resumes."""
+
+    queued: list[FakeMessage] = field(default_factory=list)
+    commits: list[tuple[dict[tuple[str, int], int], bool]] = field(default_factory=list)
+    paused: set[tuple[str, int]] = field(default_factory=set)
+    pause_calls: int = 0
+    resume_calls: int = 0
+    callbacks: dict[str, Callable[[Any, list[TopicPartition]], None]] = field(default_factory=dict)
+    closed: bool = False
+
+    def subscribe(self, topics: list[str], *, on_assign: Any, on_revoke: Any, on_lost: Any) -> None:
+        self.callbacks = {"assign": on_assign, "revoke": on_revoke, "lost": on_lost}
+
+    def rebalance(self, kind: str, *tps: tuple[str, int]) -> None:
+        self.callbacks[kind](self, [TopicPartition(t, p) for t, p in tps])
+
+    def _ready(self) -> list[FakeMessage]:
+        return [m for m in self.queued if (m.topic_, m.partition_) not in self.paused]
+
+    def poll(self, timeout: float) -> FakeMessage | None:
+        ready = self._ready()
+        if not ready:
+            return None
+        self.queued.remove(ready[0])
+        return ready[0]
+
+    def consume(self, num_messages: int, timeout: float) -> list[FakeMessage]:
+        taken = self._ready()[:num_messages]
+        for m in taken:
+            self.queued.remove(m)
+        return taken
+
+    def commit(self, *, offsets: list[TopicPartition], asynchronous: bool = True) -> None:
+        self.commits.append(({(tp.topic, tp.partition): tp.offset for tp in offsets}, asynchronous))
+
+    def committed(self) -> dict[tuple[str, int], int]:
+        """The latest committed offset per partition."""
+        out: dict[tuple[str, int], int] = {}
+        for offsets, _ in self.commits:
+            out.update(offsets)
+        return out
+
+    def pause(self, partitions: list[TopicPartition]) -> None:
+        self.pause_calls += 1
+        self.paused |= {(tp.topic, tp.partition) for tp in partitions}
+
+    def resume(self, partitions: list[TopicPartition]) -> None:
+        self.resume_calls += 1
+        self.paused -= {(tp.topic, tp.partition) for tp in partitions}
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeSender:
+    """Keeps every record handed to it; `ack` plays the broker's acknowledgement."""
+
+    def __init__(self) -> None:
+        self.sent: list[Outgoing] = []
+        self._lock = threading.Lock()
+
+    def send(self, item: Outgoing) -> None:
+        if item.wanted():
+            with self._lock:
+                self.sent.append(item)
+
+    def ids(self) -> list[str]:
+        return [str(orjson.loads(item.record.value).get("id")) for item in self.sent if item.kind == "output"]
+
+    def ack(self, *indices: int) -> None:
+        for i in indices:
+            self.sent[i].on_ack()
+
+    def wait_for(self, n: int, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.sent) < n:
+            assert time.monotonic() < deadline, f"only {len(self.sent)} of {n} records were sent"
+            time.sleep(0.005)
+
+    def close(self, timeout: float) -> int:
+        return 0
+
+    def healthy(self) -> bool:
+        return True
+
+    def describe(self) -> dict[str, object]:
+        return {"sent": len(self.sent)}
+
+
+class FakeClassifier:
+    """Every text gets the label 'joy'."""
+
+    identity = ModelIdentity("fake-embedder", "fake-head", "0" * 12, "cls")
+
+    def classify(self, texts: list[str], timing: Timing | None = None) -> list[Result]:
+        return [self._result() for _ in texts]
+
+    def classify_stream(self, texts: list[str], timing: Timing | None = None) -> Any:
+        yield list(enumerate(self.classify(texts)))
+
+    @staticmethod
+    def _result() -> Result:
+        scores = {label: 0.9 if label == "joy" else 0.1 for label in LABELS}
+        return Result(labels=["joy"], scores=scores, no_label=False, truncated=False, tokens=3)
