@@ -159,4 +159,5 @@ class FakeClassifier:
     @staticmethod
     def _result() -> Result:
         scores = {label: 0.9 if label == "joy" else 0.1 for label in LABELS}
-        return Result(labels=["joy"], scores=scores, no_label=False, truncated=False, tokens=3)
+        return Result(labels=["joy"], scores=scores, no_label=False, truncated=False, tokens=3,
+                      thresholds_hash="0" * 12)

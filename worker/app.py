@@ -7,6 +7,7 @@ import faulthandler
 import logging
 import signal
 import threading
+from pathlib import Path
 from types import FrameType
 
 import orjson
@@ -36,18 +37,28 @@ def load_engine(settings: Settings) -> Engine:
     return engine
 
 
-def run_worker(settings: Settings, *, stop_event: threading.Event | None = None,
+def run_worker(settings: Settings, *, config_path: Path | None = None, stop_event: threading.Event | None = None,
                install_signals: bool = True) -> int:
+    """Run until stop_event (or SIGTERM/SIGINT). `config_path` is the file SIGHUP re-reads the
+    threshold overrides from (None: $EMOTION_WORKER_CONFIG or config/worker.yaml, as at start)."""
+    from worker.reload import ThresholdReloader
     from worker.stream.assemble import assemble
     from worker.stream.consumer_loop import ConsumerLoop
 
     setup_logging(settings.observe.log_level, settings.observe.log_json, secrets_of(settings))
     stop_event = stop_event if stop_event is not None else threading.Event()
     running: list[ConsumerLoop] = []
+    reloaders: list[ThresholdReloader] = []
 
     def log_state() -> None:
         if running:
             log.warning("state: %s", orjson.dumps(running[0].describe()).decode())
+
+    def reload_thresholds() -> None:
+        if reloaders:
+            reloaders[0].reload()
+        else:
+            log.warning("SIGHUP before the model was loaded: nothing to reload (the thresholds are read at load)")
 
     if install_signals:
         # Installed first, so a SIGTERM during model loading also ends in a clean exit 0.
@@ -64,6 +75,12 @@ def run_worker(settings: Settings, *, stop_event: threading.Event | None = None,
 
         signal.signal(signal.SIGUSR1, dump_state)
         faulthandler.register(signal.SIGUSR1, all_threads=True, chain=True)
+
+        # `kill -HUP <pid>`: re-read the thresholds, switch between micro-batches.
+        def on_hangup(_signum: int, _frame: FrameType | None) -> None:
+            threading.Thread(target=reload_thresholds, name="threshold-reload", daemon=True).start()
+
+        signal.signal(signal.SIGHUP, on_hangup)
     metrics = Metrics()
     health = Health(settings.observe.stall_after_s)
     server = ObserveServer(settings.observe.host, settings.observe.port, metrics, health).start()
@@ -73,6 +90,10 @@ def run_worker(settings: Settings, *, stop_event: threading.Event | None = None,
         metrics.set_model(engine.identity.embedder, engine.identity.head, engine.identity.thresholds_hash,
                           engine.identity.pooling)
         health.model_ready = True
+        reloader = ThresholdReloader(engine, metrics, config_path)
+        reloaders.append(reloader)
+        if settings.model.watch_thresholds_s > 0:
+            reloader.watch(settings.model.watch_thresholds_s, stop_event)
         if stop_event.is_set():
             return 0
         loop = assemble(settings, engine, metrics, health)

@@ -113,6 +113,8 @@ class ModelSettings(Section):
     offline_embedder: str = "models/all-MiniLM-L6-v2-onnx"
     max_length: int = Field(512, ge=8, le=8192)
     pooling: Literal["auto", "cls", "mean"] = "auto"
+    thresholds_file: str | None = None  # a thresholds.json replacing the head's (re-read on SIGHUP)
+    watch_thresholds_s: float = Field(0.0, ge=0.0)  # > 0: also reload when the files change, checked this often
     threshold: float | None = Field(None, ge=0.0, le=1.0)
     label_thresholds: dict[str, float] = Field(default_factory=dict)
     providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])

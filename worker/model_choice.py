@@ -62,6 +62,7 @@ def engine_options(settings: ModelSettings) -> tuple[EngineOptions, str]:
         max_length=settings.max_length,
         pooling=settings.pooling,
         threshold=settings.threshold,
+        thresholds_file=settings.thresholds_file,
         label_thresholds=dict(settings.label_thresholds),
         max_batch_size=settings.batch_size,
         token_budget=settings.token_budget,

@@ -6,16 +6,17 @@ import threading
 from collections import OrderedDict
 from typing import Generic, TypeVar
 
+K = TypeVar("K")
 V = TypeVar("V")
 
 
-class ResultCache(Generic[V]):
+class ResultCache(Generic[K, V]):
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._data: OrderedDict[str, V] = OrderedDict()
+        self._data: OrderedDict[K, V] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: str) -> V | None:
+    def get(self, key: K) -> V | None:
         if self.capacity <= 0:
             return None
         with self._lock:
@@ -25,7 +26,7 @@ class ResultCache(Generic[V]):
             self._data.move_to_end(key)
             return value
 
-    def put(self, key: str, value: V) -> None:
+    def put(self, key: K, value: V) -> None:
         if self.capacity <= 0:
             return
         with self._lock:

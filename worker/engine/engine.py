@@ -41,6 +41,7 @@ class EngineOptions:
     call_overhead_tokens: int = CALL_OVERHEAD_TOKENS
     cache_size: int = 4096
     fold_head: bool = True  # one session for encoder, pooling and head
+    thresholds_file: str | None = None  # replaces the head's thresholds.json
     threads: int = 2  # compute threads in all
     concurrent_calls: int = 2  # model calls run side by side, threads // concurrent_calls cores each
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
@@ -60,12 +61,14 @@ class Engine:
             embedder_dir, options.runtime, max_length=options.max_length, pooling=options.pooling
         )
         self.head = Head(head_dir, options.runtime)
+        self.head_dir = head_dir
         self.thresholds = Thresholds.load(
-            head_dir / "thresholds.json",
+            self.thresholds_path(options.thresholds_file),
             global_override=options.threshold,
             per_label=options.label_thresholds,
         )
-        self.cache: ResultCache[Result] = ResultCache(options.cache_size)
+        # Keyed by (thresholds hash, text): a result cached under other thresholds is never served.
+        self.cache: ResultCache[tuple[str, str], Result] = ResultCache(options.cache_size)
         self.identity = ModelIdentity(
             embedder=options.embedder,
             head=options.head,
@@ -79,6 +82,16 @@ class Engine:
         self.folded: ort.InferenceSession | None = self._fold(head_dir) if options.fold_head else None
         if self.folded is None:
             self._warm_up_separate_sessions()
+
+    def thresholds_path(self, thresholds_file: str | None) -> Path:
+        """The thresholds file in use: the configured one, else the head's thresholds.json."""
+        return Path(thresholds_file) if thresholds_file else self.head_dir / "thresholds.json"
+
+    def use_thresholds(self, thresholds: Thresholds) -> None:
+        """Switch to other thresholds. A micro-batch already in classify_stream finishes with the
+        ones it started with: every result is decided by one set, and carries its hash."""
+        self.thresholds = thresholds
+        self.identity = replace(self.identity, thresholds_hash=thresholds.digest())
 
     def _warm_up_separate_sessions(self) -> None:
         """Run one text through encoder and head, so the first real batch pays no start-up cost;
@@ -185,10 +198,12 @@ class Engine:
         """Results as they are ready: cache hits first, then one chunk per model call, as
         (input position, result) pairs. Every position appears exactly once."""
         timing = timing if timing is not None else Timing()
+        thresholds = self.thresholds  # one set for the whole call, even if use_thresholds runs meanwhile
+        digest = thresholds.digest()
         positions: dict[str, list[int]] = {}
         hits: list[tuple[int, Result]] = []
         for i, text in enumerate(texts):
-            cached = self.cache.get(text)
+            cached = self.cache.get((digest, text))
             if cached is not None:
                 hits.append((i, cached))
             else:
@@ -201,11 +216,11 @@ class Engine:
         unique = list(positions)
         tokenized = self._tokenize(unique, timing)
         for indices, probs in self._scored_batches(tokenized, timing):
-            passed = self.thresholds.passed(probs)
+            passed = thresholds.passed(probs)
             chunk: list[tuple[int, Result]] = []
             for row, k in enumerate(indices):
-                result = self._result(probs[row], passed[row], tokenized.truncated[k], len(tokenized.ids[k]))
-                self.cache.put(unique[k], result)
+                result = self._result(probs[row], passed[row], tokenized.truncated[k], len(tokenized.ids[k]), digest)
+                self.cache.put((digest, unique[k]), result)
                 chunk.extend((i, result) for i in positions[unique[k]])
             yield chunk
 
@@ -217,9 +232,10 @@ class Engine:
         return [r for r in results if r is not None]
 
     @staticmethod
-    def _result(probs: np.ndarray, passed: np.ndarray, truncated: bool, tokens: int) -> Result:
+    def _result(probs: np.ndarray, passed: np.ndarray, truncated: bool, tokens: int, digest: str) -> Result:
         scores = {label: float(p) for label, p in zip(LABELS, probs.tolist(), strict=True)}
         on = [LABELS[j] for j in np.flatnonzero(passed)]
         on.sort(key=lambda label: scores[label], reverse=True)
-        return Result(labels=on, scores=scores, no_label=not on, truncated=truncated, tokens=tokens)
+        return Result(labels=on, scores=scores, no_label=not on, truncated=truncated, tokens=tokens,
+                      thresholds_hash=digest)
 

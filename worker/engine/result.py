@@ -12,6 +12,7 @@ class Result:
     no_label: bool
     truncated: bool
     tokens: int
+    thresholds_hash: str  # the thresholds that decided `labels`
 
     def passing_scores(self) -> dict[str, float]:
         return {label: self.scores[label] for label in self.labels}

@@ -55,6 +55,8 @@ class Metrics:
         self.cache_hits = Counter(f"{p}_cache_hits", "Results served from the recent-text cache", registry=r)
         self.ready = Gauge(f"{p}_ready", "1 when the worker is ready (model warm, group joined, output ok)",
                            registry=r)
+        self.threshold_reloads = Counter(f"{p}_threshold_reloads", "Threshold reloads (SIGHUP), by result (ok, failed)",
+                                         ["result"], registry=r)
         self.info = Info(f"{p}_build", "Version and model identity", registry=r)
         # Initialise every known label value, so each series exists (at 0) from the first scrape.
         for label in LABELS:
@@ -65,6 +67,8 @@ class Metrics:
             self.inference_seconds.labels(stage=stage)
         for kind in ("assign", "revoke", "lost"):
             self.rebalances.labels(kind=kind)
+        for result in ("ok", "failed"):
+            self.threshold_reloads.labels(result=result)
         for topic_kind in ("output", "dead_letter"):
             self.produce_failures.labels(topic_kind=topic_kind)
         self.info.info({"version": __version__})

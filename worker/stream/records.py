@@ -12,6 +12,11 @@ from worker.stream.decode import ChatMessage, Envelope, Header, Rejected
 
 SCHEMA_VERSION = 1
 DLQ_HEADER_PREFIX = "emotion-worker."
+# The headers a dead letter adds to the original's; replay-dead-letters takes them off again.
+ERROR_HEADERS = tuple(f"{DLQ_HEADER_PREFIX}{name}" for name in
+                      ("error", "error.class", "source.topic", "source.partition", "source.offset"))
+# How often a record was replayed from the dead-letter topic; travels with it through the worker.
+REPLAY_COUNT_HEADER = f"{DLQ_HEADER_PREFIX}replay-count"
 
 
 @dataclass(frozen=True)
@@ -44,7 +49,7 @@ def output_record(
         "model": {
             "embedder": identity.embedder,
             "head": identity.head,
-            "thresholds_hash": identity.thresholds_hash,
+            "thresholds_hash": result.thresholds_hash,
         },
         "source": source_dict(message.envelope),
         "processing_ms": round(processing_ms, 3),
@@ -67,13 +72,7 @@ def dead_letter_record(rejected: Rejected, *, max_value_bytes: int) -> Record:
     if len(value) > max_value_bytes:
         value = value[:max_value_bytes]
         reason["value_truncated_to"] = max_value_bytes
-    p = DLQ_HEADER_PREFIX
-    headers: list[Header] = [
-        *env.headers,
-        (f"{p}error", orjson.dumps(reason)),
-        (f"{p}error.class", rejected.reason.encode()),
-        (f"{p}source.topic", env.source.topic.encode()),
-        (f"{p}source.partition", str(env.source.partition).encode()),
-        (f"{p}source.offset", str(env.source.offset).encode()),
-    ]
+    values = (orjson.dumps(reason), rejected.reason.encode(), env.source.topic.encode(),
+              str(env.source.partition).encode(), str(env.source.offset).encode())
+    headers: list[Header] = [*env.headers, *zip(ERROR_HEADERS, values, strict=True)]
     return Record(env.key, value, headers)
