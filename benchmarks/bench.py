@@ -28,6 +28,7 @@ import onnxruntime as ort
 from testkit.models import BGE_SMALL_SHAPE, build_random_encoder, build_random_head
 from worker.engine.engine import Engine, EngineOptions
 from worker.engine.export import quantize_int8
+from worker.model_choice import FROZEN_HEAD_DIR
 from worker.train.dataset import read_split
 
 Runner = Callable[[list[str]], None]
@@ -191,9 +192,8 @@ def head_share(engine: Engine, texts: list[str]) -> dict[str, float]:
 
 
 def quality(data_dir: Path) -> dict[str, Any] | None:
-    """int8 vs fp32 with the offline default model on the full dev split."""
+    """int8 vs fp32 with the frozen MiniLM baseline on the full dev split."""
     from worker.evaluate import agreement
-    from worker.model_choice import DEFAULT_HEAD_DIR
     from worker.train.metrics import report
 
     fp32 = Path("models/all-MiniLM-L6-v2-onnx")
@@ -206,7 +206,7 @@ def quality(data_dir: Path) -> dict[str, Any] | None:
     probs = {}
     out: dict[str, Any] = {}
     for name, path in (("fp32", fp32), ("int8", int8)):
-        engine = Engine(EngineOptions(embedder=str(path), head=str(DEFAULT_HEAD_DIR), cache_size=0))
+        engine = Engine(EngineOptions(embedder=str(path), head=str(FROZEN_HEAD_DIR), cache_size=0))
         probs[name], _, _ = engine.probabilities(dev.texts)
         thresholds = engine.thresholds.vector
         out[f"macro_f1_{name}"] = report(dev.targets, probs[name] >= thresholds).macro()["f1"]
@@ -227,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--worker-env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra worker settings, e.g. EMOTION_WORKER_BATCHING__CONCURRENT_BATCHES=1")
     ap.add_argument("--only-worker", action="store_true", help="just the worker runs (with --worker-env)")
+    ap.add_argument("--only-in-memory", action="store_true",
+                    help="just the interleaved in-memory runs, with the shipped models beside the bge-small shape")
     args = ap.parse_args(argv)
     worker_env = dict(item.split("=", 1) for item in args.worker_env)
     if args.only_worker:
@@ -249,6 +251,13 @@ def main(argv: list[str] | None = None) -> int:
     peer = peer_runner(models["fp32"], models["head"], args.cache)
     if peer is not None:
         runners["peer_st_onnx_fp32"] = peer
+    if args.only_in_memory:  # the 6-layer MiniLM models, fine-tuned (the default) and frozen, where built
+        from worker.model_choice import DEFAULT_HEAD_DIR
+
+        for name, embedder, head in (("default_fp32", Path("models/emotion-minilm-onnx"), DEFAULT_HEAD_DIR),
+                                     ("frozen_minilm_fp32", Path("models/all-MiniLM-L6-v2-onnx"), FROZEN_HEAD_DIR)):
+            if (embedder / "model.onnx").is_file():
+                runners[f"engine_{name}"] = engine_runner(embedder, head)[0]
     print(f"in-memory: {len(texts)} texts x {args.rounds} rounds: {', '.join(runners)}", flush=True)
     results: dict[str, Any] = {
         "machine": {"cpus": __import__("os").cpu_count(), "processor": platform.processor(),
@@ -267,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
         results["ratios"]["engine_fp32_vs_peer"] = mem["engine_fp32"]["texts_per_s"] / peer_tps
         results["ratios"]["engine_int8_vs_peer"] = mem["engine_int8"]["texts_per_s"] / peer_tps
     print(json.dumps(results["in_memory"], indent=1), flush=True)
+    if args.only_in_memory:
+        print(json.dumps(results["ratios"], indent=1))
+        return 0
     results["head_call"] = head_share(engine_fp32, texts)
     del runners, engine_fp32, engine_int8, peer
     print("engine steps, one at a time (int8)", flush=True)

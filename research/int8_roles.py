@@ -2,7 +2,7 @@
 
     python -m research.int8_roles --dev ../shared/data/go_emotions/dev.tsv qkv attn_out ffn1 ffn2 qkv+attn_out+ffn1
 
-An embedder (default: the offline all-MiniLM-L6-v2 export) and a head (default: the shipped one)
+An embedder (default: the offline all-MiniLM-L6-v2 export) and a head (default: the frozen-MiniLM baseline head)
 on a GoEmotions split (the full dev split); each argument is a set
 of roles joined by '+', quantised as `emotion-worker export --int8` does (dynamic, signed,
 per-channel, reduced range) and compared with fp32. Writes nothing; prints one line per variant.
@@ -22,7 +22,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from worker.engine.engine import Engine, EngineOptions
 from worker.evaluate import agreement
-from worker.model_choice import DEFAULT_HEAD_DIR
+from worker.model_choice import FROZEN_HEAD_DIR
 from worker.train.dataset import read_split
 from worker.train.metrics import report
 
@@ -35,7 +35,7 @@ def arguments(description: str) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--dev", type=Path, required=True, help="GoEmotions split to compare on, e.g. dev.tsv")
     ap.add_argument("--model", type=Path, default=Path("models/all-MiniLM-L6-v2-onnx"), help="fp32 embedder")
-    ap.add_argument("--head", type=Path, default=DEFAULT_HEAD_DIR, help="head directory (default: the shipped one)")
+    ap.add_argument("--head", type=Path, default=FROZEN_HEAD_DIR, help="head (default: the frozen baseline)")
     ap.add_argument("variants", nargs="+")
     return ap
 

@@ -17,20 +17,26 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spec
 BGE_SMALL_SHAPE = {"hidden": 384, "layers": 12, "heads": 12, "ffn": 1536}
 
 
-def build_random_encoder(out_dir: Path, *, hidden: int, layers: int, heads: int, ffn: int, seed: int = 0,
-                         pooling: str | None = None) -> Path:
-    """A random-weight BERT with the real uncased WordPiece tokenizer, exported to ONNX at out_dir."""
+def build_random_bert(out_dir: Path, *, hidden: int, layers: int, heads: int, ffn: int, seed: int = 0) -> Path:
+    """A random-weight BERT with the real uncased WordPiece tokenizer, in Hugging Face layout."""
     import torch
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(seed)
-    src = out_dir.parent / f"{out_dir.name}-pt"
     config = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers,  # type: ignore[no-untyped-call]
                         num_attention_heads=heads, intermediate_size=ffn, max_position_embeddings=512)
-    BertModel(config).eval().save_pretrained(src)  # type: ignore[no-untyped-call]
+    BertModel(config).eval().save_pretrained(out_dir)  # type: ignore[no-untyped-call]
     tok_dir = default_embedder_source()
     for name in TOKENIZER_FILES:
-        shutil.copyfile(tok_dir / name, src / name)
+        shutil.copyfile(tok_dir / name, out_dir / name)
+    return out_dir
+
+
+def build_random_encoder(out_dir: Path, *, hidden: int, layers: int, heads: int, ffn: int, seed: int = 0,
+                         pooling: str | None = None) -> Path:
+    """A random-weight BERT (build_random_bert) exported to ONNX at out_dir."""
+    src = build_random_bert(out_dir.parent / f"{out_dir.name}-pt", hidden=hidden, layers=layers, heads=heads,
+                            ffn=ffn, seed=seed)
     export_encoder(str(src), out_dir)
     shutil.rmtree(src)
     if pooling is not None:

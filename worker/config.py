@@ -105,12 +105,12 @@ class OutputSettings(Section):
 
 
 class ModelSettings(Section):
-    # "auto": the reference model (bge-small-en + SamLowe's head) when the hub or the local cache
-    # has it, else the offline default (all-MiniLM-L6-v2 exported by `emotion-worker export
-    # --default`, plus the head shipped in this package).
+    # "auto": the default model, all-MiniLM-L6-v2 fine-tuned on GoEmotions (the embedder built by
+    # `emotion-worker export --default`, the head shipped in this package). Or a directory or hub
+    # id for each, e.g. the reference BAAI/bge-small-en + SamLowe/bge-small-en-go_emotions-classifier-onnx.
     embedder: str = "auto"
     head: str = "auto"
-    offline_embedder: str = "models/all-MiniLM-L6-v2-onnx"
+    default_embedder: str = "models/emotion-minilm-onnx"
     max_length: int = Field(512, ge=8, le=8192)
     pooling: Literal["auto", "cls", "mean"] = "auto"
     thresholds_file: str | None = None  # a thresholds.json replacing the head's (re-read on SIGHUP)

@@ -1,5 +1,6 @@
-"""Which embedder and head to load: what the config names, or for "auto" the reference model when
-it is at hand and the offline default otherwise. Always says which one is in use."""
+"""Which embedder and head to load: what the config names, or for "auto" the default model, the
+fine-tuned all-MiniLM-L6-v2 (its embedder rebuilt by `emotion-worker export --default`, its head
+shipped in this package). The reference model is used by naming it. Always says which is in use."""
 
 from __future__ import annotations
 
@@ -9,15 +10,21 @@ from pathlib import Path
 
 from worker.config import ModelSettings
 from worker.engine.engine import EngineOptions
-from worker.engine.resolve import resolve_model_dir
 from worker.engine.session import RuntimeOptions
 from worker.errors import ModelError
 
 log = logging.getLogger(__name__)
 
+# The reference model, on the Hugging Face hub: name both to use it.
 REFERENCE_EMBEDDER = "BAAI/bge-small-en"
 REFERENCE_HEAD = "SamLowe/bge-small-en-go_emotions-classifier-onnx"
-DEFAULT_HEAD_DIR = Path(__file__).parent / "default_head"
+SHIPPED = Path(__file__).parent / "models"
+# The default model: all-MiniLM-L6-v2 fine-tuned on GoEmotions (LoRA adapters + a linear head).
+DEFAULT_MODEL_DIR = SHIPPED / "emotion-minilm"
+DEFAULT_HEAD_DIR = DEFAULT_MODEL_DIR / "head"
+DEFAULT_ADAPTER_DIR = DEFAULT_MODEL_DIR / "adapter"
+# The earlier default, kept as a baseline: frozen all-MiniLM-L6-v2 + an MLP head (export --base).
+FROZEN_HEAD_DIR = SHIPPED / "frozen-minilm-head"
 
 
 @dataclass(frozen=True)
@@ -30,27 +37,17 @@ class ModelChoice:
 def choose_models(settings: ModelSettings) -> ModelChoice:
     if settings.embedder != "auto" and settings.head != "auto":
         return ModelChoice(settings.embedder, settings.head, f"{settings.embedder} + {settings.head}")
-    if settings.embedder == "auto" and settings.head == "auto":
-        try:
-            resolve_model_dir(REFERENCE_HEAD, what="head")
-            resolve_model_dir(REFERENCE_EMBEDDER, what="embedder")
-            return ModelChoice(REFERENCE_EMBEDDER, REFERENCE_HEAD, "reference: bge-small-en + SamLowe head")
-        except ModelError as exc:
-            log.info("reference model not available (%s); using the offline default", exc)
-    offline = Path(settings.offline_embedder)
-    embedder = settings.embedder if settings.embedder != "auto" else str(offline)
+    default = Path(settings.default_embedder)
+    embedder = settings.embedder if settings.embedder != "auto" else str(default)
     head = settings.head if settings.head != "auto" else str(DEFAULT_HEAD_DIR)
-    if settings.embedder == "auto" and not offline.is_dir():
+    if settings.embedder == "auto" and not default.is_dir():
         raise ModelError(
-            f"the reference model is not reachable and the offline default embedder {offline} is not "
-            "exported yet. Run: emotion-worker export --default   (needs the 'export' extra), or set "
-            "model.embedder / model.head to models you have."
+            f"the default embedder {default} is not built yet. Run: emotion-worker export --default   (needs the "
+            "'export' and 'train' extras; scripts/setup does it), or set model.embedder / model.head to models you "
+            f"have, e.g. the reference {REFERENCE_EMBEDDER} + {REFERENCE_HEAD}."
         )
-    description = (
-        f"offline default: all-MiniLM-L6-v2 ({embedder}) + GoEmotions head ({head})"
-        if settings.embedder == "auto"
-        else f"{embedder} + {head}"
-    )
+    description = (f"default: all-MiniLM-L6-v2 fine-tuned on GoEmotions ({embedder} + {head})"
+                   if settings.embedder == "auto" else f"{embedder} + {head}")
     return ModelChoice(embedder, head, description)
 
 

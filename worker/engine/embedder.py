@@ -63,7 +63,10 @@ def load_tokenizer(model_dir: Path) -> Tokenizer:
     else:
         try:
             from transformers import AutoTokenizer
-
+        except ImportError as exc:
+            raise ModelError(f"{model_dir} has no tokenizer.json; converting its tokenizer needs transformers "
+                             "(pip install transformers), or export the model again") from exc
+        try:
             tok = AutoTokenizer.from_pretrained(str(model_dir), use_fast=True).backend_tokenizer  # type: ignore[no-untyped-call]
         except Exception as exc:
             raise ModelError(f"cannot load a tokenizer from {model_dir}: {exc}") from exc
