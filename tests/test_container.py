@@ -57,6 +57,11 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> str:
     return IMAGE
 
 
+def container_logs(name: str) -> str:
+    res = podman("logs", name, check=False)
+    return res.stdout + res.stderr
+
+
 def http(port: int, path: str) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=3) as r:
@@ -95,7 +100,7 @@ def container(image: str, broker: LocalBroker) -> Iterator[tuple[str, int, Topic
     try:
         yield name, port, topics
     finally:
-        logs = podman("logs", name, check=False).stdout
+        logs = container_logs(name)
         podman("rm", "-f", name, check=False)
         (ROOT / ".cache").mkdir(exist_ok=True)
         (ROOT / ".cache" / "container-test.log").write_text(logs)
@@ -113,7 +118,7 @@ def test_container_runs_as_non_root_and_serves_the_stream(container: tuple[str, 
                                                           broker: LocalBroker) -> None:
     name, port, topics = container
     assert podman("exec", name, "id", "-u").stdout.strip() == "10001"
-    assert wait_status(port, "/healthz", 180) == 200, podman("logs", name, check=False).stdout[-3000:]
+    assert wait_status(port, "/healthz", 180) == 200, container_logs(name)[-3000:]
     assert wait_status(port, "/readyz", 90) == 200, http(port, "/readyz")
     status, metrics = http(port, "/metrics")
     assert status == 200 and b"emotion_worker_messages_consumed_total" in metrics
@@ -134,6 +139,6 @@ def test_container_runs_as_non_root_and_serves_the_stream(container: tuple[str, 
     took = time.monotonic() - started
     state = podman("inspect", "-f", "{{.State.ExitCode}}", name).stdout.strip()
     assert state == "0" and took < GRACE_S, (state, took)
-    logs = podman("logs", name, check=False).stdout + podman("logs", name, check=False).stderr
+    logs = container_logs(name)
     assert "Traceback" not in logs and "telemetry" not in logs.lower(), logs[-3000:]
     assert "stopped" in logs
