@@ -227,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--worker-env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra worker settings, e.g. EMOTION_WORKER_BATCHING__CONCURRENT_BATCHES=1")
     ap.add_argument("--only-worker", action="store_true", help="just the worker runs (with --worker-env)")
+    ap.add_argument("--worker-model", choices=["bge-shape-int8", "default"], default="bge-shape-int8",
+                    help="the worker runs' model: the bge-small-shaped int8 one, or the default (fine-tuned) model")
     ap.add_argument("--only-in-memory", action="store_true",
                     help="just the interleaved in-memory runs, with the shipped models beside the bge-small shape")
     args = ap.parse_args(argv)
@@ -234,9 +236,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.only_worker:
         from benchmarks.worker_e2e import run_worker_benchmarks
 
-        models = prepare_models(args.cache)
         texts = read_split(args.data, check_rows=False).texts
-        out = run_worker_benchmarks(models["int8"], models["head"], texts, args.worker_messages, **worker_env)
+        if args.worker_model == "default":
+            from worker.model_choice import DEFAULT_HEAD_DIR
+
+            model, head = Path("models/emotion-minilm-onnx"), DEFAULT_HEAD_DIR
+        else:
+            models = prepare_models(args.cache)
+            model, head = models["int8"], models["head"]
+        out = run_worker_benchmarks(model, head, texts, args.worker_messages, **worker_env)
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "worker.json").write_text(json.dumps(out, indent=2) + "\n")
         print(json.dumps(out, indent=2))
