@@ -11,7 +11,6 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import orjson
 import pytest
