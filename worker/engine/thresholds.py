@@ -23,6 +23,7 @@ class Thresholds:
             raise ModelError(f"thresholds must lie in [0, 1]: {bad}")
         self.values = {label: float(values[label]) for label in LABELS}
         self.vector = np.array([self.values[label] for label in LABELS], dtype=np.float32)
+        self._digest = hashlib.sha256(json.dumps(self.values, sort_keys=True).encode()).hexdigest()[:12]
 
     @classmethod
     def load(
@@ -54,5 +55,5 @@ class Thresholds:
         return np.asarray(probs >= self.vector)
 
     def digest(self) -> str:
-        blob = json.dumps(self.values, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
+        """A short hash of the values (computed once: the engine asks for it per micro-batch)."""
+        return self._digest

@@ -23,7 +23,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Pro
 from tqdm import tqdm
 
 from worker.errors import WorkerError
-from worker.stream.records import ERROR_HEADERS, REPLAY_COUNT_HEADER
+from worker.stream.records import ERROR_CLASS_HEADER, ERROR_HEADER, ERROR_HEADERS, REPLAY_COUNT_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def original_headers(headers: list[Header], count: int) -> list[Header]:
 
 
 def error_class(headers: list[Header]) -> str:
-    raw = dict(headers).get("emotion-worker.error.class")
+    raw = dict(headers).get(ERROR_CLASS_HEADER)
     return raw.decode(errors="replace") if raw else "unknown"
 
 
@@ -228,7 +228,7 @@ class Replay:
         taken = self.summary.samples.setdefault(cls, [])
         if len(taken) >= self.options.samples:
             return
-        raw = dict(headers).get("emotion-worker.error")
+        raw = dict(headers).get(ERROR_HEADER)
         reason = orjson.loads(raw) if raw else {}
         taken.append({"partition": m.partition(), "offset": m.offset(), "message": reason.get("message"),
                       "replay_count": count, "value": (m.value() or b"")[:120].decode(errors="replace")})

@@ -15,6 +15,7 @@ DLQ_HEADER_PREFIX = "emotion-worker."
 # The headers a dead letter adds to the original's; replay-dead-letters takes them off again.
 ERROR_HEADERS = tuple(f"{DLQ_HEADER_PREFIX}{name}" for name in
                       ("error", "error.class", "source.topic", "source.partition", "source.offset"))
+ERROR_HEADER, ERROR_CLASS_HEADER = ERROR_HEADERS[:2]  # the reason as JSON; its error class alone
 # How often a record was replayed from the dead-letter topic; travels with it through the worker.
 REPLAY_COUNT_HEADER = f"{DLQ_HEADER_PREFIX}replay-count"
 

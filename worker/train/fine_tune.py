@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from worker.engine.batching import pad_batch
 from worker.labels import LABELS
 from worker.train.dataset import Split, read_split
 from worker.train.metrics import report, tune_thresholds
@@ -90,15 +91,11 @@ def bucketed_batches(lengths: list[int], batch_size: int, rng: random.Random, po
 
 
 def pad(ids: list[list[int]], rows: list[int], pad_id: int) -> tuple[Any, Any]:
+    """The engine's padding (each batch to its own longest text), as torch tensors."""
     import torch
 
-    longest = max(len(ids[i]) for i in rows)
-    x = torch.full((len(rows), longest), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), longest), dtype=torch.long)
-    for r, i in enumerate(rows):
-        x[r, :len(ids[i])] = torch.tensor(ids[i])
-        mask[r, :len(ids[i])] = 1
-    return x, mask
+    batch = pad_batch(ids, rows, pad_id)
+    return torch.from_numpy(batch.ids), torch.from_numpy(batch.mask)
 
 
 def predict(model: Any, ids: list[list[int]], pad_id: int, batch_size: int, device: str) -> np.ndarray:
