@@ -356,8 +356,11 @@ def test_sigterm_with_full_in_flight_window(broker: LocalBroker, tmp_path: Path,
     build_random_head(head, 256)
     topics = Topics.fresh(broker, partitions=2)
     n = 4000
+    # Distinct texts: the engine runs each distinct text of a micro-batch once, so identical texts
+    # would keep the model idle and the window empty on a fast machine.
+    filler = "a fairly long chat message " * 10
     produce(broker.bootstrap, topics.input,
-            [(f"k{i}".encode(), orjson.dumps({"id": f"m{i}", "text": "a fairly long chat message " * 4}), [])
+            [(f"k{i}".encode(), orjson.dumps({"id": f"m{i}", "text": f"message {i}: {filler}"}), [])
              for i in range(n)])
     timeout_s = 6
     worker = start_worker(broker, topics, slow, head, tmp_path / "w.log",
