@@ -127,7 +127,7 @@ def test_two_workers_share_a_topic(broker: LocalBroker, tiny_encoder: Path, tiny
 def test_sigterm_mid_stream_and_restart_loses_nothing(broker: LocalBroker, tiny_encoder: Path, tiny_head: Path,
                                                       tmp_path: Path) -> None:
     topics = Topics.fresh(broker, partitions=3)
-    n = 3000
+    n = 6000  # at 1.5 s about 2000 are done: librdkafka refetches ~1 s after each back-pressure resume
     records = [(f"k{i % 5}".encode(), orjson.dumps({"id": f"m{i}", "text": f"message {i} " + "word " * (i % 20)}),
                 [])
                for i in range(n)]
