@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from testkit.faults import write_fault_report
 from testkit.models import build_random_encoder, build_random_head
 from worker.broker import LocalBroker
 
@@ -73,3 +76,13 @@ def require_data() -> Path:
     if not (DATA_DIR / "dev.tsv").is_file():
         pytest.skip(f"GoEmotions data not at {DATA_DIR}")
     return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def report() -> Iterator[list[dict[str, Any]]]:
+    """The fault suites' scenario rows, written once at the end of the session (FAULT_REPORT, or
+    .cache/faults/report.json and .md)."""
+    rows: list[dict[str, Any]] = []
+    yield rows
+    if rows:
+        write_fault_report(rows, Path(os.environ.get("FAULT_REPORT", ".cache/faults/report.json")))

@@ -100,3 +100,49 @@ def test_shipped_model_rebuilt_reproduces_training_and_its_dev_quality() -> None
     macro = report(dev.targets, probs >= engine.thresholds.vector).macro()["f1"]
     assert macro == pytest.approx(info["dev_macro_f1"], abs=1e-6)
     assert macro >= 0.54, macro
+
+
+def test_asymmetric_loss_is_bce_without_its_asymmetry_and_spares_easy_negatives() -> None:
+    import torch
+
+    from worker.train.losses import asymmetric_loss, loss_function
+
+    torch.manual_seed(0)
+    logits = torch.randn(8, 28) * 3
+    targets = (torch.rand(8, 28) < 0.1).float()
+    bce = loss_function("bce")(logits, targets)
+    plain = asymmetric_loss(logits, targets, gamma_neg=0.0, gamma_pos=0.0, clip=0.0)
+    assert torch.allclose(plain, bce, atol=1e-5)
+    # A negative with p below the clip costs nothing; a confident wrong negative still costs.
+    easy, wrong = torch.tensor([[-4.0]]), torch.tensor([[4.0]])  # p = 0.018, p = 0.982
+    assert float(asymmetric_loss(easy, torch.zeros(1, 1))) == 0.0
+    assert float(asymmetric_loss(wrong, torch.zeros(1, 1))) > 1.0
+    # Positives are BCE's with gamma_pos 0.
+    assert torch.allclose(asymmetric_loss(easy, torch.ones(1, 1)), loss_function("bce")(easy, torch.ones(1, 1)))
+
+
+def test_checkpoint_averaging_is_kept_only_where_dev_says_better(small_data: Path, tiny_base: Path,
+                                                                 tmp_path: Path) -> None:
+    recipe = Recipe(epochs=3, lora_rank=4, lora_alpha=8, seed=5, average_last=2, loss="asl")
+    info = fine_tune(str(tiny_base), small_data, tmp_path / "avg", recipe, check_rows=False, progress=False)
+    scores = [e["dev_macro_f1"] for e in info["epochs"]]
+    assert info["average_dev_macro_f1"] is not None and info["recipe"]["loss"] == "asl"
+    if info["average_dev_macro_f1"] > max(scores):
+        assert info["selected"] == "mean of epochs 2-3"
+        kept = info["average_dev_macro_f1"]
+    else:
+        assert info["selected"] == f"epoch {info['best_epoch']}"
+        kept = max(scores)
+    assert abs(info["dev_macro_f1"] - kept) < 0.02  # the exported model scores what was kept
+
+
+def test_average_states_is_the_elementwise_mean() -> None:
+    import torch
+
+    from worker.train.fine_tune import average_states
+
+    a = {"adapter": {"x": torch.tensor([1.0, 3.0])}, "head": {"w": torch.tensor([[2.0]])}, "scale": torch.tensor(10.0)}
+    b = {"adapter": {"x": torch.tensor([3.0, 5.0])}, "head": {"w": torch.tensor([[4.0]])}, "scale": torch.tensor(20.0)}
+    mean = average_states([a, b])
+    assert mean["adapter"]["x"].tolist() == [2.0, 4.0] and mean["head"]["w"].tolist() == [[3.0]]
+    assert float(mean["scale"]) == 15.0

@@ -166,6 +166,9 @@ def fine_tune_cmd(
     lora_rank: int = 16,
     lora_alpha: int = 32,
     seed: int = 0,
+    loss: Annotated[str, typer.Option(help="bce, or asl (asymmetric loss: easy negatives weigh little)")] = "bce",
+    average_last: Annotated[int, typer.Option(help="K >= 2: also try the mean of the last K epochs' weights, "
+                                                   "kept where dev macro F1 says it beats the best epoch")] = 0,
     check_rows: Annotated[bool, typer.Option(help="Check the splits' row counts against the dataset's")] = True,
     progress: Annotated[bool, typer.Option(help="Progress bar (loss, ETA) on stderr")] = True,
 ) -> None:
@@ -180,13 +183,18 @@ def fine_tune_cmd(
         from worker.default_model import default_embedder_source
 
         base, base_name = str(default_embedder_source()), "sentence-transformers/all-MiniLM-L6-v2"
+    if loss not in ("bce", "asl"):
+        raise typer.BadParameter(f"{loss!r}: bce or asl", param_hint="--loss")
     recipe = Recipe(epochs=epochs, batch_size=batch_size, lr_encoder=lr_encoder, lr_head=lr_head,
-                    lora_rank=lora_rank, lora_alpha=lora_alpha, seed=seed)
+                    lora_rank=lora_rank, lora_alpha=lora_alpha, seed=seed, loss=loss,  # type: ignore[arg-type]
+                    average_last=average_last)
     info = fine_tune(base, data, output, recipe, check_rows=check_rows, progress=progress, base_name=base_name)
     for e in info["epochs"]:
         typer.echo(f"epoch {e['epoch']}: loss {e['train_loss']:.4f}, dev macro F1 {e['dev_macro_f1']:.4f} (tuned), "
                    f"{e['dev_macro_f1_at_05']:.4f} (0.5), {e['seconds']:.0f} s")
-    typer.echo(f"best epoch {info['best_epoch']} -> {output}: exported model's dev macro F1 "
+    if info["average_dev_macro_f1"] is not None:
+        typer.echo(f"mean of the last {average_last} epochs' weights: dev macro F1 {info['average_dev_macro_f1']:.4f}")
+    typer.echo(f"kept {info['selected']} -> {output}: exported model's dev macro F1 "
                f"{info['dev_macro_f1']:.4f} (tuned), {info['dev_macro_f1_at_05']:.4f} (0.5), "
                f"weighted {info['dev_weighted_f1']:.4f}")
 

@@ -28,6 +28,7 @@ import numpy as np
 from worker.engine.batching import pad_batch
 from worker.labels import LABELS
 from worker.train.dataset import Split, read_split
+from worker.train.losses import LossName, loss_function
 from worker.train.metrics import report, tune_thresholds
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ class Recipe:
     max_length: int = 128
     seed: int = 0
     eval_batch_size: int = 128
+    loss: LossName = "bce"
+    average_last: int = 0  # >= 2: also try the mean of the last K epochs' weights; kept if dev says better
 
 
 @dataclass(frozen=True)
@@ -155,9 +158,10 @@ def fine_tune(base: str, data_dir: Path, output: Path, recipe: Recipe, *, check_
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min((step + 1) / warmup, max(0.0, (total - step) / max(1, total - warmup))))
     targets = torch.tensor(train.targets, dtype=torch.float32)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
+    loss_fn = loss_function(recipe.loss)
     history: list[Epoch] = []
     best: tuple[float, int, dict[str, Any]] | None = None
+    recent: list[dict[str, Any]] = []  # the last `average_last` epochs' weights
     bar = tqdm(total=total, desc="fine-tune", unit="step", disable=not progress)
     for epoch in range(1, recipe.epochs + 1):
         t0, losses = time.monotonic(), []
@@ -177,26 +181,55 @@ def fine_tune(base: str, data_dir: Path, output: Path, recipe: Recipe, *, check_
         history.append(Epoch(epoch, float(np.mean(losses)), tuned, at_05, time.monotonic() - t0))
         log.info("epoch %d: train loss %.4f, dev macro F1 %.4f (tuned), %.4f (0.5)", epoch, np.mean(losses), tuned,
                  at_05)
+        state = {"adapter": model.adapter_state(), "head": copy.deepcopy(model.head.state_dict()),
+                 "scale": model.logit_scale.detach().clone()}
         if best is None or tuned > best[0]:
-            best = (tuned, epoch, {"adapter": model.adapter_state(), "head": copy.deepcopy(model.head.state_dict()),
-                                   "scale": model.logit_scale.detach().clone()})
+            best = (tuned, epoch, state)
+        if recipe.average_last >= 2:
+            recent = [*recent, state][-recipe.average_last:]
     bar.close()
     assert best is not None
-    _, best_epoch, state = best
+    best_f1, best_epoch, state = best
+    selected, average_f1 = f"epoch {best_epoch}", None
+    if len(recent) >= 2:  # checkpoint averaging: kept only where dev says it beats the best epoch
+        load_state(model, average_states(recent))
+        average_f1, _, _ = dev_scores(dev.targets, predict(model, dev_ids, pad_id, recipe.eval_batch_size, device))
+        log.info("mean of the last %d epochs' weights: dev macro F1 %.4f (tuned)", len(recent), average_f1)
+        if average_f1 > best_f1:
+            state, selected = average_states(recent), f"mean of epochs {epoch - len(recent) + 1}-{epoch}"
     model = model.cpu()
-    model.load_adapter_state(state["adapter"])
-    model.head.load_state_dict(state["head"])
-    with torch.no_grad():
-        model.logit_scale.copy_(state["scale"])
+    load_state(model, state)
     recorded = AdapterSpec(base=base_name or base, pooling=spec.pooling, rank=spec.rank, alpha=spec.alpha,
                            dropout=spec.dropout)
     info = write_outputs(model, recorded, output, dev, recipe, load_from=base)
     info.update(recipe=asdict(recipe), seed=recipe.seed, base=base_name or base, best_epoch=best_epoch, device=device,
+                selected=selected, average_dev_macro_f1=average_f1,
                 epochs=[asdict(e) for e in history], seconds=round(time.monotonic() - started, 1),
                 train_rows=len(train.texts), dev_rows=len(dev.texts))
     (output / "training.json").write_text(json.dumps(info, indent=2) + "\n")
     shutil.copyfile(output / "training.json", output / "head" / "training.json")
     return info
+
+
+def average_states(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """The element-wise mean of several epochs' adapter, head and logit-scale weights."""
+    import torch
+
+    def mean(tensors: list[Any]) -> Any:
+        return torch.stack([t.float() for t in tensors]).mean(dim=0)
+
+    return {"adapter": {k: mean([s["adapter"][k] for s in states]) for k in states[0]["adapter"]},
+            "head": {k: mean([s["head"][k] for s in states]) for k in states[0]["head"]},
+            "scale": mean([s["scale"] for s in states])}
+
+
+def load_state(model: Any, state: dict[str, Any]) -> None:
+    import torch
+
+    model.load_adapter_state(state["adapter"])
+    model.head.load_state_dict(state["head"])
+    with torch.no_grad():
+        model.logit_scale.copy_(state["scale"])
 
 
 def write_outputs(model: Any, spec: Any, output: Path, dev: Split, recipe: Recipe, load_from: str) -> dict[str, Any]:
