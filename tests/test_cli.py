@@ -94,3 +94,37 @@ def test_evaluate_against_another_embedder(tiny_encoder: Path, tiny_head: Path, 
     identical = sum(a == b for a, b in zip(fp32_sets, int8_sets, strict=True)) / len(texts)
     assert 0 < identical < 1 and got["label_sets_identical"] == identical
     assert sum(got["flips"].values()) == sum(len(a ^ b) for a, b in zip(fp32_sets, int8_sets, strict=True))
+
+
+def test_tune_thresholds_writes_a_file_the_worker_loads(tiny_encoder: Path, tiny_head: Path, tmp_path: Path) -> None:
+    from worker.engine.engine import Engine, EngineOptions
+    from worker.engine.thresholds import Thresholds
+    from worker.labels import LABELS
+    from worker.train.metrics import THRESHOLD_GRID
+
+    texts = [line for line in (ROOT / "worker" / "data" / "sample_chat.txt").read_text().splitlines() if line]
+    split = tmp_path / "mini.tsv"
+    split.write_text("".join(f"{t}\t{i % 28},{(i * 7) % 28}\tid{i}\n" for i, t in enumerate(texts)))
+    model = ("--embedder", str(tiny_encoder), "--head", str(tiny_head))
+    written: dict[float, dict[str, float]] = {}
+    for shrink in (0.0, 0.5, 1.0):
+        out = tmp_path / f"thresholds-{shrink}.json"
+        res = cli("tune-thresholds", str(split), *model, "--shrink", str(shrink), "--output", str(out))
+        assert res.returncode == 0, res.stderr
+        assert "macro F1 on mini.tsv" in res.stderr and "other half" in res.stderr
+        written[shrink] = orjson.loads(out.read_bytes())
+        assert list(written[shrink]) == list(LABELS)
+        assert Thresholds.load(out).values == written[shrink]  # validated as SIGHUP reloads it
+    own, half, common = written[0.0], written[0.5], written[1.0]
+    assert all(th in np.round(THRESHOLD_GRID, 2) for th in own.values())
+    assert len(set(common.values())) == 1  # shrunk all the way: one global threshold
+    assert all(abs(half[k] - (own[k] + common[k]) / 2) < 1e-9 for k in LABELS)
+    # Printed (no --output) and applied: the tuned set is what the engine then decides with.
+    res = cli("tune-thresholds", str(split), *model, "--shrink", "0.5")
+    assert res.returncode == 0 and orjson.loads(res.stdout) == half
+    head = tmp_path / "head"
+    shutil.copytree(tiny_head, head)
+    shutil.copyfile(tmp_path / "thresholds-0.5.json", head / "thresholds.json")
+    engine = Engine(EngineOptions(str(tiny_encoder), str(head)))
+    assert engine.thresholds.vector.tolist() == [np.float32(half[k]) for k in LABELS]
+    assert cli("tune-thresholds", str(split), *model, "--shrink", "1.5").returncode == 2

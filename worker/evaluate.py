@@ -82,3 +82,20 @@ def format_tables(t: dict[str, Any]) -> str:
                   f"  macro F1 {a['macro_f1']:.3f} (this model {t['thresholds']['per_label']['macro']['f1']:.3f})",
                   "  most flipped: " + (", ".join(f"{label} {n}" for label, n in flips) or "none")]
     return "\n".join(lines)
+
+
+def tune_on_split(engine: Engine, split_path: Path, shrink: float) -> dict[str, Any]:
+    """Thresholds tuned on a labelled split for this model, with the macro F1 they and the model's
+    current ones reach there, and a held-out estimate (tuned on half the split, scored on the other)."""
+    from worker.train.metrics import held_out_macro_f1, tune_thresholds
+
+    split = read_split(split_path)
+    probs, _, _ = engine.probabilities(split.texts)
+    tuned = tune_thresholds(split.targets, probs, shrink)
+    vec = np.array([tuned[label] for label in LABELS], dtype=np.float32)
+    return {
+        "thresholds": tuned,
+        "macro_f1": report(split.targets, probs >= vec).macro()["f1"],
+        "macro_f1_current": report(split.targets, probs >= engine.thresholds.vector).macro()["f1"],
+        "macro_f1_held_out": held_out_macro_f1(split.targets, probs, shrink),
+    }

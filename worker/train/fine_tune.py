@@ -29,7 +29,7 @@ from worker.engine.batching import pad_batch
 from worker.labels import LABELS
 from worker.train.dataset import Split, read_split
 from worker.train.losses import LossName, loss_function
-from worker.train.metrics import report, tune_thresholds
+from worker.train.metrics import SHRINK, held_out_macro_f1, report, tune_thresholds
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +248,8 @@ def write_outputs(model: Any, spec: Any, output: Path, dev: Split, recipe: Recip
     np.save(output / "reference_probs.npy", probs[:REFERENCE_TEXTS])
     vec = np.array([thresholds[label] for label in LABELS], dtype=np.float32)
     weighted = report(dev.targets, probs >= vec).weighted()["f1"]
-    return {"dev_macro_f1": tuned, "dev_macro_f1_at_05": at_05, "dev_weighted_f1": weighted}
+    return {"dev_macro_f1": tuned, "dev_macro_f1_at_05": at_05, "dev_weighted_f1": weighted,
+            "thresholds_shrink": SHRINK, "dev_macro_f1_held_out": held_out_macro_f1(dev.targets, probs)}
 
 
 def build_embedder(adapter_dir: Path, output: Path, base: str | None = None) -> Path:
