@@ -263,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         from worker.model_choice import DEFAULT_HEAD_DIR
 
         for name, embedder, head in (("default_fp32", Path("models/emotion-minilm-onnx"), DEFAULT_HEAD_DIR),
+                                     ("default_int8", Path("models/emotion-minilm-int8-onnx"), DEFAULT_HEAD_DIR),
                                      ("frozen_minilm_fp32", Path("models/all-MiniLM-L6-v2-onnx"), FROZEN_HEAD_DIR)):
             if (embedder / "model.onnx").is_file():
                 runners[f"engine_{name}"] = engine_runner(embedder, head)[0]
