@@ -192,11 +192,12 @@ def fine_tune(base: str, data_dir: Path, output: Path, recipe: Recipe, *, check_
     best_f1, best_epoch, state = best
     selected, average_f1 = f"epoch {best_epoch}", None
     if len(recent) >= 2:  # checkpoint averaging: kept only where dev says it beats the best epoch
-        load_state(model, average_states(recent))
+        averaged = average_states(recent)
+        load_state(model, averaged)
         average_f1, _, _ = dev_scores(dev.targets, predict(model, dev_ids, pad_id, recipe.eval_batch_size, device))
         log.info("mean of the last %d epochs' weights: dev macro F1 %.4f (tuned)", len(recent), average_f1)
         if average_f1 > best_f1:
-            state, selected = average_states(recent), f"mean of epochs {epoch - len(recent) + 1}-{epoch}"
+            state, selected = averaged, f"mean of epochs {epoch - len(recent) + 1}-{epoch}"
     model = model.cpu()
     load_state(model, state)
     recorded = AdapterSpec(base=base_name or base, pooling=spec.pooling, rank=spec.rank, alpha=spec.alpha,
