@@ -18,6 +18,7 @@ import numpy as np
 
 from worker.config import ModelSettings
 from worker.engine.engine import Engine, EngineOptions
+from worker.engine.thresholds import Thresholds
 from worker.labels import LABELS
 from worker.model_choice import DEFAULT_HEAD_DIR
 from worker.train.dataset import read_split
@@ -28,8 +29,7 @@ Method = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 def shrunk(amount: float) -> Method:
     def tune(y: np.ndarray, p: np.ndarray) -> np.ndarray:
-        th = tune_thresholds(y, p, shrink=amount)
-        return np.array([th[label] for label in LABELS], dtype=np.float32)
+        return Thresholds(tune_thresholds(y, p, shrink=amount)).vector
     return tune
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from worker.engine.engine import Engine
+from worker.engine.thresholds import Thresholds
 from worker.labels import LABELS
 from worker.train.dataset import read_split
 from worker.train.metrics import report
@@ -92,7 +93,7 @@ def tune_on_split(engine: Engine, split_path: Path, shrink: float) -> dict[str, 
     split = read_split(split_path)
     probs, _, _ = engine.probabilities(split.texts)
     tuned = tune_thresholds(split.targets, probs, shrink)
-    vec = np.array([tuned[label] for label in LABELS], dtype=np.float32)
+    vec = Thresholds(tuned).vector
     return {
         "thresholds": tuned,
         "macro_f1": report(split.targets, probs >= vec).macro()["f1"],

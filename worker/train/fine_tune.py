@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from worker.engine.batching import pad_batch
+from worker.engine.thresholds import Thresholds
 from worker.labels import LABELS
 from worker.train.dataset import Split, read_split
 from worker.train.losses import LossName, loss_function
@@ -118,7 +119,7 @@ def predict(model: Any, ids: list[list[int]], pad_id: int, batch_size: int, devi
 
 def dev_scores(targets: np.ndarray, probs: np.ndarray) -> tuple[float, float, dict[str, float]]:
     thresholds = tune_thresholds(targets, probs)
-    vec = np.array([thresholds[label] for label in LABELS], dtype=np.float32)
+    vec = Thresholds(thresholds).vector
     return report(targets, probs >= vec).macro()["f1"], report(targets, probs >= 0.5).macro()["f1"], thresholds
 
 
@@ -247,7 +248,7 @@ def write_outputs(model: Any, spec: Any, output: Path, dev: Split, recipe: Recip
     tuned, at_05, thresholds = dev_scores(dev.targets, probs)
     write_head(output / "head", model.head_layers(), thresholds)
     np.save(output / "reference_probs.npy", probs[:REFERENCE_TEXTS])
-    vec = np.array([thresholds[label] for label in LABELS], dtype=np.float32)
+    vec = Thresholds(thresholds).vector
     weighted = report(dev.targets, probs >= vec).weighted()["f1"]
     return {"dev_macro_f1": tuned, "dev_macro_f1_at_05": at_05, "dev_weighted_f1": weighted,
             "thresholds_shrink": SHRINK, "dev_macro_f1_held_out": held_out_macro_f1(dev.targets, probs)}

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from worker.engine.thresholds import Thresholds
 from worker.labels import LABELS
 
 THRESHOLD_GRID = np.round(np.arange(0.05, 0.96, 0.05), 2)
@@ -73,6 +74,6 @@ def held_out_macro_f1(targets: np.ndarray, probs: np.ndarray, shrink: float = SH
         halves = order[: len(order) // 2], order[len(order) // 2 :]
         for tune, score in (halves, halves[::-1]):
             th = tune_thresholds(targets[tune], probs[tune], shrink)
-            vec = np.array([th[label] for label in LABELS], dtype=np.float32)
+            vec = Thresholds(th).vector
             scores.append(report(targets[score], probs[score] >= vec).macro()["f1"])
     return float(np.mean(scores))

@@ -11,7 +11,7 @@ import numpy as np
 
 from worker.engine.embedder import Embedder
 from worker.engine.session import RuntimeOptions
-from worker.labels import LABELS
+from worker.engine.thresholds import Thresholds
 from worker.train.dataset import read_split
 from worker.train.embed_cache import cached_embeddings
 from worker.train.head_onnx import write_head
@@ -82,7 +82,7 @@ def train(config: HeadConfig, x_train: np.ndarray, y_train: np.ndarray, x_dev: n
     layers = fit(config, x_train, y_train)
     probs = predict(layers, x_dev)
     thresholds = tune_thresholds(y_dev, probs)
-    vec = np.array([thresholds[label] for label in LABELS], dtype=np.float32)
+    vec = Thresholds(thresholds).vector
     tuned = report(y_dev, probs >= vec).macro()["f1"]
     fixed = report(y_dev, probs >= 0.5).macro()["f1"]
     log.info("%s: dev macro F1 %.4f (tuned thresholds), %.4f (0.5)", config, tuned, fixed)
