@@ -1,4 +1,4 @@
-"""`emotion-worker replay-dead-letters`: the command around worker.ops.replay."""
+"""`emotion-worker replay-dead-letters`: operating on a running deployment's topics."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ from typing import Annotated
 
 import typer
 
-from worker.cli_options import ConfigOpt, settings_for
+from worker.cli.app import app
+from worker.cli.options import ConfigOpt, settings_for
 
 
+@app.command("replay-dead-letters")
 def replay_dead_letters(
     config: ConfigOpt = None,
     error_class: Annotated[list[str] | None, typer.Option(

@@ -15,8 +15,8 @@ from types import FrameType
 import orjson
 from confluent_kafka import Consumer, Producer
 
-from worker.broker import LocalBroker
 from worker.config import Settings
+from worker.devtools.broker import LocalBroker
 
 log = logging.getLogger(__name__)
 

