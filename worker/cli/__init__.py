@@ -9,17 +9,20 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import typer
 
-# Imported for their side effect: each registers its commands; the order is the help's order.
-from worker.cli import run_cmds  # noqa: I001
-from worker.cli import model_cmds, train_cmds, ops_cmds  # noqa: I001
 from worker.cli.app import app
 from worker.errors import WorkerError
 
-__all__ = ["app", "main", "model_cmds", "ops_cmds", "run_cmds", "train_cmds"]
+__all__ = ["app", "main"]
+
+# Each module registers its commands on import; this order is the order `--help` lists them in.
+COMMAND_MODULES = ("run_cmds", "model_cmds", "train_cmds", "ops_cmds")
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"worker.cli.{_name}")
 
 
 def main() -> None:
