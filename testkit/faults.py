@@ -15,7 +15,7 @@ import orjson
 from confluent_kafka import Producer
 
 from testkit.kafka import Topics, WorkerProcess, read_all
-from worker.broker import LocalBroker
+from worker.devtools.broker import LocalBroker
 
 
 def http_json(url: str) -> tuple[int, dict[str, Any]]:

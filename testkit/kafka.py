@@ -14,7 +14,7 @@ from pathlib import Path
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
 
-from worker.broker import LocalBroker, free_port
+from worker.devtools.broker import LocalBroker, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
