@@ -1,10 +1,15 @@
 """The Typer application every command module registers on. An error the user can fix
 (`WorkerError`) ends any command with its one-line message on stderr and exit code 2, whether the
-command runs as a process or in-process (tests)."""
+command runs as a process or in-process (tests).
+
+Help is rendered by Click's plain formatter (`rich_markup_mode=None`): Typer 0.29's Rich panels
+print a value type for every option, so a switch such as `--dry-run` (or `--help` itself) read
+`--dry-run <bool>` although it takes no value; the plain formatter shows switches as switches and
+`--x / --no-x` pairs as such, and does not cut long option names at 80 columns."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
@@ -20,6 +25,30 @@ class _Commands(TyperGroup):
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
 
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        """Each command's first sentence in full, wrapped (Click cuts it at the line's end with "...")."""
+        rows = [(name, cmd.get_short_help_str(limit=200)) for name in self.list_commands(ctx)
+                if (cmd := self.get_command(ctx, name)) is not None and not cmd.hidden]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
-app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Tag Kafka chat streams with GoEmotions emotions, on CPUs.")
+
+app = typer.Typer(cls=_Commands, add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None, help="Tag Kafka chat streams with GoEmotions emotions, on CPUs.")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from worker.version import package_version
+
+        typer.echo(f"emotion-worker {package_version()}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Tag Kafka chat streams with GoEmotions emotions, on CPUs."""

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
-from worker import __version__
 from worker.labels import LABELS
 from worker.reasons import DEAD_LETTER_REASONS
+from worker.version import package_version
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0,
                    10.0, 20.0, 30.0)
@@ -71,8 +71,8 @@ class Metrics:
             self.threshold_reloads.labels(result=result)
         for topic_kind in ("output", "dead_letter"):
             self.produce_failures.labels(topic_kind=topic_kind)
-        self.info.info({"version": __version__})
+        self.info.info({"version": package_version()})
 
     def set_model(self, embedder: str, head: str, thresholds_hash: str, pooling: str) -> None:
-        self.info.info({"version": __version__, "embedder": embedder, "head": head,
+        self.info.info({"version": package_version(), "embedder": embedder, "head": head,
                         "thresholds_hash": thresholds_hash, "pooling": pooling})
