@@ -1,23 +1,23 @@
-"""The command line as a user runs it: real processes, real models, no tracebacks."""
+"""The command line as a user runs it (in-process: testkit.cli), real models, no tracebacks."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import orjson
+import pytest
+
+from testkit.cli import CliResult, run_cli
+from testkit.models import quantized_int8
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EMOTION_WORKER_")}
-    return subprocess.run([sys.executable, "-m", "worker", *args], input=stdin, capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=120)
+def cli(*args: str, stdin: str | None = None) -> CliResult:
+    """`emotion-worker ARGS` from the repository root; an exception escaping a command fails the test."""
+    return run_cli(*args, stdin=stdin, cwd=ROOT)
 
 
 def test_classify_stdin_mixed_lines(tiny_encoder: Path, tiny_head: Path) -> None:
@@ -43,13 +43,19 @@ def test_classify_args_all_good(tiny_encoder: Path, tiny_head: Path) -> None:
     assert len(res.stdout.splitlines()) == 2
 
 
-def test_bad_model_is_one_clear_message(tmp_path: Path, tiny_head: Path) -> None:
+@pytest.mark.parametrize("offline", [False, True], ids=["online", "HF_HUB_OFFLINE"])
+def test_bad_model_is_one_clear_message(tmp_path: Path, tiny_head: Path, offline: bool,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)  # what HF_HUB_OFFLINE=1 sets at import
     res = cli("classify", "hi", "--embedder", str(tmp_path), "--head", str(tiny_head))
     assert res.returncode == 2
     assert "Traceback" not in res.stderr
     assert res.stderr.startswith("error: embedder directory") and "no ONNX encoder" in res.stderr
     res = cli("classify", "hi", "--embedder", "no-such-owner/no-such-model", "--head", str(tiny_head))
     assert res.returncode == 2 and "Traceback" not in res.stderr and "hub" in res.stderr
+    assert len(res.stderr.splitlines()) == 1 and ("hub is offline" in res.stderr) == offline, res.stderr
 
 
 def test_bad_config_is_one_line_per_problem(tmp_path: Path) -> None:
@@ -62,14 +68,13 @@ def test_bad_config_is_one_line_per_problem(tmp_path: Path) -> None:
 
 def test_evaluate_against_another_embedder(tiny_encoder: Path, tiny_head: Path, tmp_path: Path) -> None:
     from worker.engine.engine import Engine, EngineOptions
-    from worker.engine.export import quantize_int8
     from worker.labels import LABELS
 
     texts = [line for line in (ROOT / "worker" / "data" / "sample_chat.txt").read_text().splitlines() if line]
     split = tmp_path / "mini.tsv"
     split.write_text("".join(f"{t}\t{i % 28}\tid{i}\n" for i, t in enumerate(texts)))
     int8 = tmp_path / "tiny-int8"
-    quantize_int8(tiny_encoder, int8)
+    quantized_int8(tiny_encoder, int8)
     # Thresholds at each label's median probability, so int8's small errors flip some labels.
     head = tmp_path / "head"
     shutil.copytree(tiny_head, head)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from worker.errors import ModelError
@@ -16,7 +15,8 @@ def looks_like_hub_id(ref: str) -> bool:
 def resolve_model_dir(ref: str, *, what: str, allow_patterns: list[str] | None = None) -> Path:
     """Return a local directory for `ref` (a path, or a hub id downloaded into the HF cache).
 
-    HF_HUB_OFFLINE=1 is honoured by huggingface_hub: then only the local cache is used.
+    HF_HUB_OFFLINE=1 (or TRANSFORMERS_OFFLINE=1) is honoured by huggingface_hub: then only the local
+    cache is used.
     """
     path = Path(ref).expanduser()
     if path.is_dir():
@@ -26,15 +26,16 @@ def resolve_model_dir(ref: str, *, what: str, allow_patterns: list[str] | None =
             f"{what} {ref!r}: no such directory, and it is not a hub id of the form 'owner/name'"
         )
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import constants, snapshot_download
     except ImportError as exc:  # pragma: no cover - huggingface_hub is a runtime dependency
         raise ModelError(f"{what} {ref!r}: huggingface_hub is not installed") from exc
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
+    offline = bool(constants.HF_HUB_OFFLINE)  # HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE, as the hub reads them
     try:
         local = snapshot_download(repo_id=ref, allow_patterns=allow_patterns)
     except Exception as exc:
-        mode = "the local Hugging Face cache only (HF_HUB_OFFLINE is set)" if offline else (
-            "the Hugging Face hub and the local cache"
+        mode = (
+            "the local Hugging Face cache only (the hub is offline: HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set)"
+            if offline else "the Hugging Face hub and the local cache"
         )
         raise ModelError(
             f"{what} {ref!r}: not a local directory, and {mode} could not provide it "
