@@ -1,30 +1,47 @@
-"""Settings: a YAML file plus environment overrides, validated once at start.
+"""Settings: a YAML file plus environment overrides, validated once at start, one line per problem.
 
 Environment variables override the file: EMOTION_WORKER_<SECTION>__<FIELD>, for example
 EMOTION_WORKER_KAFKA__BOOTSTRAP_SERVERS=broker:9092 or EMOTION_WORKER_BATCHING__MAX_BATCH_SIZE=32.
-librdkafka properties pass through in kafka.common / kafka.consumer / kafka.producer.
+librdkafka properties pass through in kafka.common / kafka.consumer / kafka.producer (librdkafka
+itself checks them at start: worker.stream.kafka_conf.check_client_configs). Every value remembers
+where it came from (`effective_settings`), so errors name the file line or the variable.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    YamlConfigSettingsSource,
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
 )
 
 from worker.errors import ConfigError
 from worker.labels import LABELS
+from worker.settings_sources import (
+    DEFAULT,
+    Path_,
+    deep_merge,
+    file_origins,
+    read_environment,
+    read_file,
+)
+from worker.settings_sources import ENV_PREFIX as ENV_PREFIX
+from worker.settings_sources import Origin as Origin
 
 DEFAULT_CONFIG = Path("config/worker.yaml")
-ENV_PREFIX = "EMOTION_WORKER_"
-SECRET_MARKERS = ("password", "secret", "token", "key.pem", "private", "credential")
+SECRET_MARKERS = ("password", "secret", "token", "key.pem", "private", "credential", "oauthbearer.config")
 
 # Properties the worker owns: setting them through pass-through would break its guarantees.
 RESERVED_CONSUMER = {"enable.auto.commit", "enable.auto.offset.store", "group.id", "bootstrap.servers"}
@@ -40,18 +57,35 @@ def redact(props: dict[str, str]) -> dict[str, str]:
     return {k: ("***" if is_secret(k) else v) for k, v in props.items()}
 
 
+def _choices(annotation: Any) -> tuple[str, ...]:
+    annotation = next((a for a in typing.get_args(annotation) if typing.get_origin(a) is Literal), annotation)
+    if typing.get_origin(annotation) is Literal:
+        return tuple(a for a in typing.get_args(annotation) if isinstance(a, str))
+    return ()
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _any_case(cls, value: Any, info: ValidationInfo) -> Any:
+        """A choice in any case: `log_level: debug`, `assignment_strategy: Range`."""
+        if isinstance(value, str) and info.field_name is not None:
+            for choice in _choices(cls.model_fields[info.field_name].annotation):
+                if choice.lower() == value.strip().lower():
+                    return choice
+        return value
+
 
 class KafkaSettings(Section):
-    bootstrap_servers: str = "localhost:9092"
+    bootstrap_servers: str = Field("localhost:9092", min_length=1)
     # Results and dead letters may go to another cluster; by default the input's.
     output_bootstrap_servers: str | None = None
-    input_topic: str = "chat-messages"
-    output_topic: str = "chat-emotions"
-    dead_letter_topic: str = "chat-messages-dlq"
-    group_id: str = "emotion-worker"
+    input_topic: str = Field("chat-messages", min_length=1)
+    output_topic: str = Field("chat-emotions", min_length=1)
+    dead_letter_topic: str = Field("chat-messages-dlq", min_length=1)
+    group_id: str = Field("emotion-worker", min_length=1)  # librdkafka aborts the process on ""
     assignment_strategy: Literal["cooperative-sticky", "range", "roundrobin"] = "cooperative-sticky"
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     session_timeout_ms: int = Field(45_000, ge=1_000)
@@ -110,7 +144,12 @@ class ModelSettings(Section):
     # id for each, e.g. the reference BAAI/bge-small-en + SamLowe/bge-small-en-go_emotions-classifier-onnx.
     embedder: str = "auto"
     head: str = "auto"
-    default_embedder: str = "models/emotion-minilm-onnx"
+    # What "auto" loads. None: where `emotion-worker export --default` builds it, whatever the current
+    # directory: the source checkout's models/emotion-minilm-onnx, else
+    # $XDG_CACHE_HOME (~/.cache)/emotion-worker/models/emotion-minilm-onnx (worker/default_model.py).
+    default_embedder: str | None = None
+    # A head is refused with an embedder it was not trained on (worker/model_pairing.py); true: a warning.
+    allow_mismatch: bool = False
     max_length: int = Field(512, ge=8, le=8192)
     pooling: Literal["auto", "cls", "mean"] = "auto"
     thresholds_file: str | None = None  # a thresholds.json replacing the head's (re-read on SIGHUP)
@@ -132,6 +171,12 @@ class ModelSettings(Section):
     # cost more than this (24 fits 2 CPU cores; an accelerator's per-call cost is far higher).
     call_overhead_tokens: int = Field(24, ge=0, le=100_000)
     fold_head: bool = True  # run encoder, pooling and head as one ONNX session
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: Any) -> Any:
+        # `providers: CUDAExecutionProvider` or "A,B": as a list
+        return [p.strip() for p in value.split(",") if p.strip()] if isinstance(value, str) else value
 
     @field_validator("label_thresholds")
     @classmethod
@@ -161,10 +206,9 @@ class ObserveSettings(Section):
     stall_after_s: float = Field(30.0, gt=0)
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", case_sensitive=False
-    )
+class Settings(Section):
+    """All settings. Build it with `load_settings` (file + environment, each value's origin
+    remembered); constructed directly it is what the code passes, no environment read."""
 
     kafka: KafkaSettings = KafkaSettings()
     input: InputSettings = InputSettings()
@@ -174,30 +218,117 @@ class Settings(BaseSettings):
     observe: ObserveSettings = ObserveSettings()
     shutdown_timeout_s: float = Field(30.0, gt=0)
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        path = _CONFIG_FILE.get("path")
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if path is not None:
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path, deep_merge=True))
-        return tuple(sources)
+    _origins: dict[Path_, Origin] = PrivateAttr(default_factory=dict)
+    _config_file: Path | None = PrivateAttr(default=None)
 
 
-_CONFIG_FILE: dict[str, Path | None] = {"path": None}
+def origin_of(settings: Settings, path: Path_) -> Origin:
+    """Where the value at `path` (('kafka', 'bootstrap_servers')) came from: the nearest enclosing
+    key that a source set, else the default."""
+    origins = settings._origins
+    for n in range(len(path), 0, -1):
+        if path[:n] in origins:
+            return origins[path[:n]]
+    return DEFAULT
 
 
-def format_validation_error(err: ValidationError) -> str:
+def config_file_of(settings: Settings) -> Path | None:
+    """The settings file that was read (absolute), None when there was none."""
+    return settings._config_file
+
+
+def with_origin(settings: Settings, origin: Origin, **sections: dict[str, Any]) -> Settings:
+    """A copy with the fields in `sections` ({"model": {"embedder": ...}}) replaced, recording
+    `origin` for them (e.g. Origin("option", "--embedder")). Not validated again."""
+    update: dict[str, Any] = {}
+    origins = dict(settings._origins)
+    for section, fields in sections.items():
+        current = getattr(settings, section)
+        if isinstance(current, BaseModel):
+            update[section] = current.model_copy(update=fields)
+            origins.update({(section, name): origin for name in fields})
+        else:
+            update[section] = fields
+            origins[(section,)] = origin
+    copy = settings.model_copy(update=update)
+    copy._origins = origins
+    return copy
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, list):
+        return "[" + ", ".join(_text(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{}" if not value else "{" + ", ".join(f"{k}: {_text(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def _walk(model: BaseModel, path: tuple[str, ...]) -> list[tuple[tuple[str, ...], Any, bool]]:
+    """(path, value, whether it is an entry of a pass-through mapping) for every leaf."""
+    leaves: list[tuple[tuple[str, ...], Any, bool]] = []
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            leaves.extend(_walk(value, (*path, name)))
+        elif isinstance(value, dict) and value:
+            leaves.extend(((*path, name, str(key)), sub, True) for key, sub in value.items())
+        else:
+            leaves.append(((*path, name), value, False))
+    return leaves
+
+
+def effective_settings(settings: Settings) -> list[tuple[str, str, str]]:
+    """Every leaf setting as (dotted key, value as text, origin): origin is "default",
+    "file <path>", "env <VARNAME>" (or "option <--flag>" for a command-line override). Values of
+    secret-looking pass-through properties (sasl.password, ...) read "***". Entries of pass-through
+    mappings (kafka.common, model.label_thresholds, ...) are leaves of their own; an empty mapping
+    is one leaf, "{}"."""
+    rows = []
+    for path, value, entry in _walk(settings, ()):
+        secret = entry and is_secret(path[-1]) and value not in (None, "")
+        rows.append((".".join(path), "***" if secret else _text(value), str(origin_of(settings, path))))
+    return rows
+
+
+# ---- loading and one line per problem ------------------------------------------------------------
+
+
+def _fields_at(loc: tuple[str | int, ...]) -> list[str]:
+    """The field names of the section that holds `loc`'s last key (for 'did you mean')."""
+    model: type[BaseModel] = Settings
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _unknown_key(loc: tuple[str | int, ...]) -> str:
+    names = _fields_at(loc)
+    close = difflib.get_close_matches(str(loc[-1]).lower(), names, n=1, cutoff=0.6)
+    if close:
+        return f"unknown setting; did you mean {'.'.join(str(p) for p in (*loc[:-1], close[0]))}?"
+    parent = ".".join(str(p) for p in loc[:-1])
+    return f"unknown setting; {parent or 'the top level'} has: {', '.join(names)}"
+
+
+def format_validation_error(err: ValidationError, origins: Mapping[Path_, Origin] | None = None) -> str:
+    """One line per problem: `config: <key>: <what is wrong> (got <value>)`, naming the file line
+    (`[/x/c.yaml line 3]`) or the variable (`config: EMOTION_WORKER_X: ...`) the value came from."""
     lines = []
     for problem in err.errors():
-        where = ".".join(str(p) for p in problem["loc"]) or "settings"
-        msg = problem["msg"].removeprefix("Value error, ")
+        loc = tuple(problem["loc"])
+        where = ".".join(str(p) for p in loc) or "settings"
+        if problem["type"] == "extra_forbidden":
+            msg = _unknown_key(loc)
+        else:
+            msg = problem["msg"].removeprefix("Value error, ")
         value = problem.get("input")
         # Echo the offending value only where it cannot be a secret: never for unknown keys (a
         # misspelt password key) or secret-looking fields, never for long strings.
@@ -205,24 +336,44 @@ def format_validation_error(err: ValidationError) -> str:
         if (isinstance(value, (dict, list)) or value is None or problem["type"] == "extra_forbidden"
                 or is_secret(where) or (isinstance(value, str) and len(value) > 40)):
             shown = ""
-        lines.append(f"config: {where}: {msg}{shown}")
+        origin = next((origins[loc[:n]] for n in range(len(loc), 0, -1) if origins and loc[:n] in origins), None)
+        if origin is not None and origin.kind == "env":
+            var_path = origin.name[len(ENV_PREFIX):].lower().split("__")
+            inner = ".".join(str(p) for p in loc[len(var_path):])
+            lines.append(f"config: {origin.name}{f' ({inner})' if inner else ''}: {msg}{shown}")
+        elif origin is not None and origin.kind == "file":
+            lines.append(f"config: {where}: {msg}{shown} [{origin.where()}]")
+        else:
+            lines.append(f"config: {where}: {msg}{shown}")
     return "\n".join(lines)
 
 
 def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     """Load the YAML file (explicit path, $EMOTION_WORKER_CONFIG, or config/worker.yaml if present),
-    apply environment overrides, validate. Raises ConfigError with one line per problem."""
+    apply environment overrides (then `overrides`), validate. Raises ConfigError with one line
+    per problem, each naming the file line or the variable its value came from."""
     if path is None:
         env_path = os.environ.get(f"{ENV_PREFIX}CONFIG")
         path = Path(env_path) if env_path else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
     if path is not None and not path.is_file():
         raise ConfigError(f"config: file {path} not found")
-    _CONFIG_FILE["path"] = path
+    data: dict[str, Any] = {}
+    origins: dict[Path_, Origin] = {}
+    if path is not None:
+        file = read_file(path)
+        data = file.data
+        origins.update(file_origins(file))
+    env = read_environment(Settings, os.environ)
+    deep_merge(data, env.data)
+    origins.update(env.origins)
+    deep_merge(data, overrides)
+    problems = list(env.problems)
     try:
-        return Settings(**overrides)
+        settings = Settings.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err)) from None
-    except ValueError as err:  # YAML syntax and the like
-        raise ConfigError(f"config: {path}: {err}") from None
-    finally:
-        _CONFIG_FILE["path"] = None
+        problems.append(format_validation_error(err, origins))
+    if problems:
+        raise ConfigError("\n".join(problems))
+    settings._origins = origins
+    settings._config_file = path.absolute() if path is not None else None
+    return settings

@@ -16,14 +16,13 @@ HeadOpt = Annotated[str | None, typer.Option(help="Head: local directory or hub 
 
 
 def settings_for(config: Path | None, embedder: str | None = None, head: str | None = None) -> Any:
-    from worker.config import load_settings
+    from worker.config import Origin, load_settings, with_origin
 
     settings = load_settings(config)
-    if embedder is not None or head is not None:
-        model = settings.model.model_copy(update={k: v for k, v in (("embedder", embedder), ("head", head))
-                                                  if v is not None})
-        # one given: the other stays as configured, but "auto" only makes sense for both
-        if (embedder is None) != (head is None) and "auto" in (model.embedder, model.head):
-            raise WorkerError("pass both --embedder and --head (or neither, for the configured/auto model)")
-        settings = settings.model_copy(update={"model": model})
+    for option, value in (("--embedder", embedder), ("--head", head)):
+        if value is not None:
+            settings = with_origin(settings, Origin("option", option), model={option[2:]: value})
+    # one given: the other stays as configured, but "auto" only makes sense for both
+    if (embedder is None) != (head is None) and "auto" in (settings.model.embedder, settings.model.head):
+        raise WorkerError("pass both --embedder and --head (or neither, for the configured/auto model)")
     return settings
