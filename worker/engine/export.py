@@ -9,16 +9,20 @@ import json
 import shutil
 from pathlib import Path
 
+from worker.engine.embedder_identity import EmbedderIdentity, weights_fingerprint, write_identity
 from worker.errors import ModelError
 
 KEEP_FILES = ("1_Pooling/config.json", "modules.json", "sentence_bert_config.json", "README.md")
 
 
-def export_encoder(source: str, output: Path, *, opset: int | None = None) -> Path:
+def export_encoder(source: str, output: Path, *, opset: int | None = None, name: str | None = None,
+                   identity: EmbedderIdentity | None = None) -> Path:
     """Export `source` (hub id or directory) as a feature-extraction encoder to `output`.
 
-    Writes model.onnx (output `last_hidden_state`), the tokenizer files, and the model's
-    sentence-transformers pooling config where it has one, so the engine pools as the model says.
+    Writes model.onnx (output `last_hidden_state`), the tokenizer files, the model's
+    sentence-transformers pooling config where it has one, so the engine pools as the model says,
+    and embedder.json: `identity`, or `name` (default: the hub id or the directory's name) and the
+    fingerprint of the source weights.
     """
     try:
         from optimum.exporters.onnx import main_export
@@ -48,6 +52,10 @@ def export_encoder(source: str, output: Path, *, opset: int | None = None) -> Pa
             (output / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src_dir / name, output / name)
     (output / "export.json").write_text(json.dumps({"source": source}, indent=2) + "\n")
+    if identity is None:
+        identity = EmbedderIdentity(name or (Path(source).resolve().name if Path(source).is_dir() else source),
+                                    weights_fingerprint(src_dir))
+    write_identity(output, identity)
     return output / "model.onnx"
 
 

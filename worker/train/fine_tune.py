@@ -26,6 +26,13 @@ from typing import Any
 import numpy as np
 
 from worker.engine.batching import pad_batch
+from worker.engine.embedder_identity import (
+    EmbedderIdentity,
+    combined_fingerprint,
+    files_digest,
+    read_identity,
+    weights_fingerprint,
+)
 from worker.engine.thresholds import Thresholds
 from worker.labels import LABELS
 from worker.train.dataset import Split, read_split
@@ -243,6 +250,7 @@ def write_outputs(model: Any, spec: Any, output: Path, dev: Split, recipe: Recip
     shipped = as_shipped(model.adapter_state())
     save_adapter(output / "adapter", spec, shipped)
     build_embedder(output / "adapter", output / "embedder", base=load_from)
+    identity = read_identity(str(output / "embedder"))
     write_head(output / "head", model.head_layers(), dict.fromkeys(LABELS, 0.5))
     probs = onnx_probabilities(output / "embedder", output / "head", dev.texts)
     tuned, at_05, thresholds = dev_scores(dev.targets, probs)
@@ -250,8 +258,25 @@ def write_outputs(model: Any, spec: Any, output: Path, dev: Split, recipe: Recip
     np.save(output / "reference_probs.npy", probs[:REFERENCE_TEXTS])
     vec = Thresholds(thresholds).vector
     weighted = report(dev.targets, probs >= vec).weighted()["f1"]
+    # The head's pairing record: the worker refuses it with any other embedder (worker/model_pairing.py).
     return {"dev_macro_f1": tuned, "dev_macro_f1_at_05": at_05, "dev_weighted_f1": weighted,
-            "thresholds_shrink": SHRINK, "dev_macro_f1_held_out": held_out_macro_f1(dev.targets, probs)}
+            "thresholds_shrink": SHRINK, "dev_macro_f1_held_out": held_out_macro_f1(dev.targets, probs),
+            "embedder_identity": identity.as_json() if identity else None}
+
+
+def fine_tuned_identity(adapter_dir: Path, base: str | None = None) -> EmbedderIdentity:
+    """What a build of these adapters on that base (default: the one adapter.json names) is: named
+    after the recorded base and the adapters, fingerprinted from the base weights and the adapters'
+    file (inputs, not the export: a rebuild elsewhere has the same identity)."""
+    from worker.engine.resolve import resolve_model_dir
+    from worker.train.emotion_model import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+
+    recorded = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())["base"]
+    base = base or recorded
+    base_dir = Path(base) if Path(base).is_dir() else resolve_model_dir(base, what="base encoder")
+    adapters = files_digest([adapter_dir / ADAPTER_WEIGHTS])
+    return EmbedderIdentity(f"{recorded} + adapters {adapters[:8]}",
+                            combined_fingerprint(weights_fingerprint(base_dir), adapters))
 
 
 def build_embedder(adapter_dir: Path, output: Path, base: str | None = None) -> Path:
@@ -262,7 +287,7 @@ def build_embedder(adapter_dir: Path, output: Path, base: str | None = None) -> 
     spec, state = load_adapter(adapter_dir, base)
     with tempfile.TemporaryDirectory(prefix="emotion-merged-") as tmp:
         merged = merged_encoder(spec, state, Path(tmp) / "merged")
-        export_encoder(str(merged), output)
+        export_encoder(str(merged), output, identity=fine_tuned_identity(adapter_dir, base))
     (output / "export.json").write_text(json.dumps({"base": spec.base, "adapter": str(adapter_dir)}, indent=2) + "\n")
     return output
 
