@@ -136,6 +136,7 @@ class InputSettings(Section):
 
 class OutputSettings(Section):
     scores: Literal["all", "passing"] = "all"
+    decimals: int = Field(4, ge=1, le=17)  # scores rounded to this many decimals (17: full precision)
 
 
 class ModelSettings(Section):

@@ -17,6 +17,18 @@ class Result:
     def passing_scores(self) -> dict[str, float]:
         return {label: self.scores[label] for label in self.labels}
 
+    def reported_scores(self, which: str, decimals: int, top_k: int | None = None) -> dict[str, float]:
+        """The scores an output shows, rounded to `decimals`: all 28 in label order (`which` "all"),
+        the passing ones best first ("passing"), or with `top_k` the K best, best first. Which
+        scores and their order are decided on the unrounded values."""
+        if top_k is not None:
+            chosen = sorted(self.scores.items(), key=lambda item: item[1], reverse=True)[:top_k]
+        elif which == "passing":
+            chosen = list(self.passing_scores().items())
+        else:
+            chosen = list(self.scores.items())
+        return {label: round(p, decimals) for label, p in chosen}
+
 
 @dataclass
 class Timing:

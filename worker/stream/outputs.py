@@ -57,7 +57,7 @@ class Outputs:
         self._is_current = is_current
         self._output_topic = settings.kafka.output_topic
         self._dead_letter_topic = settings.kafka.dead_letter_topic
-        self._scores = settings.output.scores
+        self._scores, self._decimals = settings.output.scores, settings.output.decimals
         self._max_dead_letter_value = max(settings.input.max_value_bytes, MIN_DEAD_LETTER_VALUE_BYTES)
 
     def publish(self, work: Work, outcome: Outcome) -> None:
@@ -70,7 +70,7 @@ class Outputs:
         else:
             assert work.message is not None  # only decoded messages reach inference
             record = output_record(work.message, outcome, self.identity, scores=self._scores,
-                                   processing_ms=(time.monotonic() - work.received) * 1000)
+                                   decimals=self._decimals, processing_ms=(time.monotonic() - work.received) * 1000)
             on_ack = _Published(self, ticket, work.envelope.source.timestamp_ms, outcome)
             topic, kind = self._output_topic, "output"
         self.sender.send(Outgoing(topic, kind, record, on_ack, wanted=lambda: self._is_current(ticket)))

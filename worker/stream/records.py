@@ -38,13 +38,14 @@ def output_record(
     identity: ModelIdentity,
     *,
     scores: str,
+    decimals: int,
     processing_ms: float,
 ) -> Record:
     doc = {
         "schema": SCHEMA_VERSION,
         "id": message.id,
         "labels": result.labels,
-        "scores": result.scores if scores == "all" else result.passing_scores(),
+        "scores": result.reported_scores(scores, decimals),
         "no_label": result.no_label,
         "truncated": result.truncated,
         "model": {
