@@ -41,6 +41,9 @@ def run_worker(settings: Settings, *, config_path: Path | None = None, stop_even
                install_signals: bool = True) -> int:
     """Run until stop_event (or SIGTERM/SIGINT). `config_path` is the file SIGHUP re-reads the
     threshold overrides from (None: $EMOTION_WORKER_CONFIG or config/worker.yaml, as at start)."""
+    from worker.stream.kafka_check import check_client_configs
+
+    check_client_configs(settings)  # librdkafka refuses a property: one line each, before the model loads
     from worker.reload import ThresholdReloader
     from worker.stream.assemble import assemble
     from worker.stream.consumer_loop import ConsumerLoop

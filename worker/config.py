@@ -319,6 +319,27 @@ def _unknown_key(loc: tuple[str | int, ...]) -> str:
     return f"unknown setting; {parent or 'the top level'} has: {', '.join(names)}"
 
 
+def config_line(loc: Path_, message: str, origins: Mapping[Path_, Origin] | None = None) -> str:
+    """`config: <key>: <message>`, naming where the value came from: `config: <key>: <message>
+    [/x/c.yaml line 3]` for the file, `config: EMOTION_WORKER_X (<key inside it>): <message>` for a
+    variable."""
+    origins = origins or {}
+    where = ".".join(str(p) for p in loc) or "settings"
+    origin = next((origins[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in origins), None)
+    if origin is not None and origin.kind == "env":
+        var_path = origin.name[len(ENV_PREFIX):].lower().split("__")
+        inner = ".".join(str(p) for p in loc[len(var_path):])
+        return f"config: {origin.name}{f' ({inner})' if inner else ''}: {message}"
+    if origin is not None and origin.kind == "file":
+        return f"config: {where}: {message} [{origin.where()}]"
+    return f"config: {where}: {message}"
+
+
+def origins_of(settings: Settings) -> Mapping[Path_, Origin]:
+    """The recorded origin of every value a file, variable or option set (for `config_line`)."""
+    return settings._origins
+
+
 def format_validation_error(err: ValidationError, origins: Mapping[Path_, Origin] | None = None) -> str:
     """One line per problem: `config: <key>: <what is wrong> (got <value>)`, naming the file line
     (`[/x/c.yaml line 3]`) or the variable (`config: EMOTION_WORKER_X: ...`) the value came from."""
@@ -337,15 +358,7 @@ def format_validation_error(err: ValidationError, origins: Mapping[Path_, Origin
         if (isinstance(value, (dict, list)) or value is None or problem["type"] == "extra_forbidden"
                 or is_secret(where) or (isinstance(value, str) and len(value) > 40)):
             shown = ""
-        origin = next((origins[loc[:n]] for n in range(len(loc), 0, -1) if origins and loc[:n] in origins), None)
-        if origin is not None and origin.kind == "env":
-            var_path = origin.name[len(ENV_PREFIX):].lower().split("__")
-            inner = ".".join(str(p) for p in loc[len(var_path):])
-            lines.append(f"config: {origin.name}{f' ({inner})' if inner else ''}: {msg}{shown}")
-        elif origin is not None and origin.kind == "file":
-            lines.append(f"config: {where}: {msg}{shown} [{origin.where()}]")
-        else:
-            lines.append(f"config: {where}: {msg}{shown}")
+        lines.append(config_line(loc, f"{msg}{shown}", origins))
     return "\n".join(lines)
 
 

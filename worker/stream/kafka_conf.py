@@ -8,7 +8,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError
 
-from worker.config import KafkaSettings
+from worker.config import KafkaSettings, Settings
 
 log = logging.getLogger("worker.kafka")
 # librdkafka's own log lines go through Python logging (and its repeat filter), not raw stderr.
@@ -56,3 +56,11 @@ def producer_conf(k: KafkaSettings) -> dict[str, Any]:
                             "bootstrap.servers": k.output_bootstrap_servers or k.bootstrap_servers,
                             "error_cb": _error_cb, "logger": librdkafka_log}
     return conf
+
+
+def check_client_configs(settings: Settings) -> None:
+    """librdkafka judges every client property at start (ConfigError, one line each): see
+    worker.stream.kafka_check."""
+    from worker.stream.kafka_check import check_client_configs as check
+
+    check(settings)
