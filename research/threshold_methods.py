@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from worker.config import ModelSettings
+from worker.default_model import default_embedder_dir
 from worker.engine.engine import Engine, EngineOptions
 from worker.engine.thresholds import Thresholds
 from worker.labels import LABELS
@@ -53,7 +53,7 @@ METHODS: dict[str, Method] = {
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--split", type=Path, required=True)
-    ap.add_argument("--embedder", default=ModelSettings().default_embedder)
+    ap.add_argument("--embedder", default=str(default_embedder_dir()))
     ap.add_argument("--head", default=str(DEFAULT_HEAD_DIR))
     ap.add_argument("--splits", type=int, default=10, help="random halvings (each scored both ways)")
     ap.add_argument("--seed", type=int, default=1)
