@@ -20,29 +20,6 @@ def cli(*args: str, stdin: str | None = None) -> CliResult:
     return run_cli(*args, stdin=stdin, cwd=ROOT)
 
 
-def test_classify_stdin_mixed_lines(tiny_encoder: Path, tiny_head: Path) -> None:
-    lines = ["plain text line", '{"text": "json line", "id": 3}', "", '{"id": 4}', "   ", '"a json string"', "42",
-             "{broken json", "last line"]
-    res = cli("classify", "-", "--embedder", str(tiny_encoder), "--head", str(tiny_head), stdin="\n".join(lines))
-    assert res.returncode == 1, res.stderr
-    assert "Traceback" not in res.stderr
-    docs = [orjson.loads(line) for line in res.stdout.splitlines()]
-    assert [d["line"] for d in docs] == list(range(1, len(lines) + 1))
-    errors = {d["line"] for d in docs if "error" in d}
-    assert errors == {3, 4, 5, 7}
-    ok = [d for d in docs if "error" not in d]
-    assert [d["text"] for d in ok] == ["plain text line", "json line", "a json string", "{broken json", "last line"]
-    for d in ok:
-        assert len(d["scores"]) == 28
-        assert d["labels"] == sorted(d["labels"], key=lambda x: -d["scores"][x])
-
-
-def test_classify_args_all_good(tiny_encoder: Path, tiny_head: Path) -> None:
-    res = cli("classify", "thanks!", "oh no", "--embedder", str(tiny_encoder), "--head", str(tiny_head))
-    assert res.returncode == 0, res.stderr
-    assert len(res.stdout.splitlines()) == 2
-
-
 @pytest.mark.parametrize("offline", [False, True], ids=["online", "HF_HUB_OFFLINE"])
 def test_bad_model_is_one_clear_message(tmp_path: Path, tiny_head: Path, offline: bool,
                                         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,26 +16,54 @@ from worker.errors import WorkerError
 @app.command()
 def classify(
     texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify; '-' reads lines from stdin "
-                                                      "(plain text or JSON lines with a 'text' field)")] = None,
+                                                      "(plain text, or JSON objects with input.text_field "
+                                                      "and input.id_field)")] = None,
     config: ConfigOpt = None,
     embedder: EmbedderOpt = None,
     head: HeadOpt = None,
+    echo: Annotated[bool, typer.Option("--echo", help="Also print each text")] = False,
+    top_k: Annotated[int | None, typer.Option("--top-k", min=1, max=28, metavar="K",
+                                              help="Print the K best scores, best first (instead of "
+                                                   "output.scores)")] = None,
 ) -> None:
-    """Print one JSON object per text, in input order: labels (best first) and scores."""
+    """A filter: one JSON object per text or line, in input order: labels (best first) and scores,
+    rounded to output.decimals, or the line's error. Exit 1 if any line failed."""
     from worker.app import load_engine
-    from worker.classify import classify_lines
+    from worker.classify import ClassifyOptions, classify_texts, stdin_bytes
     from worker.observe.logs import setup_logging
 
     if not texts:
         raise WorkerError("give texts to classify, or '-' to read lines from stdin")
+    from_stdin = texts == ["-"]
+    if from_stdin:
+        stdin_bytes()  # a closed stdin is said before the model loads
     setup_logging("WARNING")
     settings = settings_for(config, embedder, head)
+    options = ClassifyOptions(text_field=settings.input.text_field, id_field=settings.input.id_field,
+                              scores=settings.output.scores, decimals=settings.output.decimals,
+                              top_k=top_k, echo=echo)
     engine = load_engine(settings)
-    from_stdin = texts == ["-"]
-    failed = classify_lines(engine, sys.stdin if from_stdin else texts, from_args=not from_stdin)
+    try:
+        failed = classify_texts(engine, None if from_stdin else texts, options)
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as a filter does
+        _silence_stdout()
+        raise typer.Exit(1) from None
     if failed:
         typer.echo(f"{failed} input(s) could not be classified (see their error objects)", err=True)
         raise typer.Exit(1)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail again."""
+    import os
+
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):  # in-process (tests): no descriptor to redirect
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 @app.command()
