@@ -230,7 +230,7 @@ def test_streams_as_a_filter_and_stops_quietly_when_the_reader_goes(tiny_encoder
 def test_worker_record_scores_rounded_labels_by_unrounded_order() -> None:
     scores = dict.fromkeys(LABELS, 0.01)
     # joy beats love before rounding; rounded to 2 decimals both read 0.57
-    scores.update(joy=0.574999, love=0.5701234567, anger=0.123456789)
+    scores.update(joy=0.574999, love=0.5701234567, anger=0.123456789, grief=0.012345678901234568)
     result = Result(labels=["joy", "love"], scores=scores, no_label=False, truncated=False, tokens=5,
                     thresholds_hash="h")
     envelope = Envelope(Source("in", 0, 7, 1), b"k", [("h", b"v")], b"{}")
@@ -249,6 +249,6 @@ def test_worker_record_scores_rounded_labels_by_unrounded_order() -> None:
                                          processing_ms=1.0).value)
     assert passing["scores"] == {"joy": 0.575, "love": 0.5701}
     full = orjson.loads(output_record(message, result, identity, scores="all", decimals=17, processing_ms=1.0).value)
-    assert full["scores"] == scores
+    assert full["scores"] == scores  # every digit, even of a small score
     assert len(record.value) < len(output_record(message, result, identity, scores="all", decimals=17,
                                                  processing_ms=1.0).value)

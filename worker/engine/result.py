@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+FULL_PRECISION = 17  # decimals: a float's every digit, so no rounding at all
+
 
 @dataclass(frozen=True)
 class Result:
@@ -27,6 +29,8 @@ class Result:
             chosen = list(self.passing_scores().items())
         else:
             chosen = list(self.scores.items())
+        if decimals >= FULL_PRECISION:
+            return dict(chosen)
         return {label: round(p, decimals) for label, p in chosen}
 
 
