@@ -369,6 +369,8 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     if path is None:
         env_path = os.environ.get(f"{ENV_PREFIX}CONFIG")
         path = Path(env_path) if env_path else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
+    if path is not None and path.is_dir():
+        raise ConfigError(f"config: {path} is a directory; --config takes the settings file (a .yaml)")
     if path is not None and not path.is_file():
         raise ConfigError(f"config: file {path} not found")
     data: dict[str, Any] = {}

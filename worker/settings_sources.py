@@ -90,24 +90,35 @@ class FileValues:
         return Origin("file", str(self.path))
 
 
+def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
+    """' line N: not valid YAML: ...': for an unclosed '[' or '{' the line where it was opened (the
+    parser notices only lines later), otherwise where the parser stopped."""
+    found, began, context = exc.problem_mark, exc.context_mark, exc.context or ""
+    if began is not None and ("flow" in context or found is None):
+        later = f" (at line {found.line + 1} column {found.column + 1})" if found and found.line != began.line else ""
+        return f" line {began.line + 1}: not valid YAML: {context}, {exc.problem}{later}"
+    at = f" line {found.line + 1} column {found.column + 1}" if found is not None else ""
+    if "'\\t'" in str(exc.problem):
+        return f"{at}: not valid YAML: a tab character; indent with spaces"
+    since = f" ({context} from line {began.line + 1})" if began is not None and context else ""
+    return f"{at}: not valid YAML: {exc.problem}{since}"
+
+
 def read_file(path: Path) -> FileValues:
     """The YAML file's values, or ConfigError naming the file and line of a syntax error."""
     shown = path.absolute()
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ConfigError(f"config: {shown}: cannot read it: {reason}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config: {shown}: not UTF-8 text (byte {exc.object[exc.start]:#x} at offset "
+                          f"{exc.start}): is it the settings file?") from None
+    except OSError as exc:
+        raise ConfigError(f"config: {shown}: cannot read it: {exc.strerror or exc}") from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        at = f" line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
-        problem = " ".join(str(p) for p in (exc.context, exc.problem) if p)
-        opened = (f" (see line {exc.context_mark.line + 1})" if exc.context_mark is not None and mark is not None
-                  and exc.context_mark.line != mark.line else "")
-        raise ConfigError(f"config: {shown}{at}: not valid YAML: {problem}{opened}") from None
+        raise ConfigError(f"config: {shown}{_yaml_problem(exc)}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config: {shown}: not valid YAML: {exc}") from None
     if data is None:  # an empty file (or only comments): all defaults

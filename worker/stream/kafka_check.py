@@ -67,8 +67,13 @@ def _producer(settings: Settings) -> dict[str, Any]:
 
 
 def _alone(client: type[Consumer] | type[Producer], key: str, value: str) -> str | None:
-    base: dict[str, Any] = {"group.id": "emotion-worker-check"} if client is Consumer else {}
-    return _refusal(client, {**base, "logger": _silent, key: value})
+    """librdkafka's words on one property by itself (group.id and the brokers stay the worker's:
+    librdkafka aborts the process on an empty group.id)."""
+    conf: dict[str, Any] = {key: value, "logger": _silent}
+    conf.pop("bootstrap.servers", None)
+    if client is Consumer:
+        conf["group.id"] = "emotion-worker-check"
+    return _refusal(client, conf)
 
 
 def check_client_configs(settings: Settings) -> None:
