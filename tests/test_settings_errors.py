@@ -204,3 +204,11 @@ def test_other_emotion_worker_variables_are_not_settings(tmp_path: Path, clean_e
     s = load_settings()
     assert s.kafka.group_id == "g" and s.kafka.common == {"sasl.password": "s3cret"} and s.model.threshold is None
     check_client_configs(s)  # librdkafka takes the shipped defaults and a password
+
+
+def test_missing_file_named_by_the_variable(tmp_path: Path) -> None:
+    assert refused(tmp_path, text=None, env={"EMOTION_WORKER_CONFIG": str(tmp_path / "nope.yaml")}) == [
+        f"config: EMOTION_WORKER_CONFIG: file {tmp_path / 'nope.yaml'} not found"]
+    res = run_cli("run", "--config", str(tmp_path), cwd=tmp_path)
+    assert res.returncode == 2 and res.stderr.strip() == (
+        f"error: config: {tmp_path} is a directory; --config takes the settings file (a .yaml)")

@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from worker.engine.options import ENGINE_DEFAULTS
 from worker.errors import ConfigError
 from worker.labels import LABELS
 from worker.settings_sources import (
@@ -91,6 +92,8 @@ class KafkaSettings(Section):
     session_timeout_ms: int = Field(45_000, ge=1_000)
     max_poll_interval_ms: int = Field(300_000, ge=1_000)
     commit_interval_ms: int = Field(1_000, ge=10)
+    # Consumed but unacknowledged messages; at this bound the partitions pause (resume at half).
+    max_in_flight: int = Field(1000, ge=1)
     common: dict[str, str] = Field(default_factory=dict)
     consumer: dict[str, str] = Field(default_factory=dict)
     producer: dict[str, str] = Field(default_factory=dict)
@@ -151,27 +154,36 @@ class ModelSettings(Section):
     default_embedder: str | None = None
     # A head is refused with an embedder it was not trained on (worker/model_pairing.py); true: a warning.
     allow_mismatch: bool = False
-    max_length: int = Field(512, ge=8, le=8192)
+    # Defaults of the engine's options are the engine's (worker/engine/options.py), written once.
+    max_length: int = Field(ENGINE_DEFAULTS.max_length, ge=8, le=8192)
     pooling: Literal["auto", "cls", "mean"] = "auto"
     thresholds_file: str | None = None  # a thresholds.json replacing the head's (re-read on SIGHUP)
     watch_thresholds_s: float = Field(0.0, ge=0.0)  # > 0: also reload when the files change, checked this often
-    threshold: float | None = Field(None, ge=0.0, le=1.0)
+    threshold: float | None = Field(ENGINE_DEFAULTS.threshold, ge=0.0, le=1.0)
     label_thresholds: dict[str, float] = Field(default_factory=dict)
-    providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
-    threads: int = Field(2, ge=1, le=256)  # compute threads in all: match the cores the worker may use
+    providers: list[str] = Field(default_factory=lambda: list(ENGINE_DEFAULTS.runtime.providers))
+    threads: int = Field(ENGINE_DEFAULTS.threads, ge=1, le=256)  # compute threads in all: match the cores the worker may use
     # Model calls run side by side, threads // concurrent_calls cores each. On CPUs 2 beats 1 at every
     # batch size; use 1 with an accelerator (CUDA).
-    concurrent_calls: int = Field(2, ge=1, le=64)
+    concurrent_calls: int = Field(ENGINE_DEFAULTS.concurrent_calls, ge=1, le=64)
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     # onnxruntime session config entries, e.g. {"session.intra_op.allow_spinning": "0"}
     session_config: dict[str, str] = Field(default_factory=dict)
-    cache_size: int = Field(4096, ge=0)
-    batch_size: int = Field(16, ge=1, le=1024)  # texts per model call, after length sorting
-    token_budget: int = Field(4096, ge=64)  # padded tokens per model call
+    cache_size: int = Field(ENGINE_DEFAULTS.cache_size, ge=0)
+    # Texts per model call, after length sorting (batching.max_batch_size is messages per micro-batch).
+    call_batch_size: int = Field(ENGINE_DEFAULTS.call_batch_size, ge=1, le=1024)
+    batch_size: int | None = Field(None, ge=1, le=1024)  # deprecated: the old name of call_batch_size
+    token_budget: int = Field(ENGINE_DEFAULTS.token_budget, ge=64)  # padded tokens per model call
     # The fixed cost of one model call in padded tokens: a micro-batch is cut where padding would
     # cost more than this (24 fits 2 CPU cores; an accelerator's per-call cost is far higher).
-    call_overhead_tokens: int = Field(24, ge=0, le=100_000)
-    fold_head: bool = True  # run encoder, pooling and head as one ONNX session
+    call_overhead_tokens: int = Field(ENGINE_DEFAULTS.call_overhead_tokens, ge=0, le=100_000)
+    fold_head: bool = ENGINE_DEFAULTS.fold_head  # run encoder, pooling and head as one ONNX session
+
+    @model_validator(mode="after")
+    def _renamed(self) -> ModelSettings:
+        if self.batch_size is not None:  # the old name, when set, wins (`deprecations` says so)
+            self.call_batch_size = self.batch_size
+        return self
 
     @field_validator("providers", mode="before")
     @classmethod
@@ -196,7 +208,7 @@ class BatchingSettings(Section):
     max_wait_ms: int = Field(10, ge=0, le=60_000)
     # Micro-batches in inference at once: with 2, one is prepared or finishing while the other runs.
     concurrent_batches: int = Field(2, ge=1, le=16)
-    max_in_flight: int = Field(1000, ge=1)
+    max_in_flight: int | None = Field(None, ge=1)  # deprecated: moved to kafka.max_in_flight
 
 
 class ObserveSettings(Section):
@@ -221,6 +233,29 @@ class Settings(Section):
 
     _origins: dict[Path_, Origin] = PrivateAttr(default_factory=dict)
     _config_file: Path | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _moved(self) -> Settings:
+        if self.batching.max_in_flight is not None:  # the old place, when set, wins (`deprecations` says so)
+            self.kafka = self.kafka.model_copy(update={"max_in_flight": self.batching.max_in_flight})
+        return self
+
+
+# Renamed or moved settings: (old key, new key, what it is). The old key still works; when it is set,
+# its value is used and `deprecations` says so in one line.
+RENAMED = ((("model", "batch_size"), ("model", "call_batch_size"), "texts per model call"),
+           (("batching", "max_in_flight"), ("kafka", "max_in_flight"), "the consumer's in-flight bound"))
+
+
+def deprecations(settings: Settings) -> list[str]:
+    """One line per old setting name in use (the worker logs them at start)."""
+    lines = []
+    for (old_section, old), (new_section, new), what in RENAMED:
+        value = getattr(getattr(settings, old_section), old)
+        if value is not None:
+            lines.append(f"config: {old_section}.{old} is deprecated: it is now {new_section}.{new} ({what}); "
+                         f"its value {value} is used")
+    return lines
 
 
 def origin_of(settings: Settings, path: Path_) -> Origin:
@@ -366,13 +401,16 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     """Load the YAML file (explicit path, $EMOTION_WORKER_CONFIG, or config/worker.yaml if present),
     apply environment overrides (then `overrides`), validate. Raises ConfigError with one line
     per problem, each naming the file line or the variable its value came from."""
+    named_by = "--config"
     if path is None:
         env_path = os.environ.get(f"{ENV_PREFIX}CONFIG")
+        named_by = f"{ENV_PREFIX}CONFIG"
         path = Path(env_path) if env_path else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
     if path is not None and path.is_dir():
-        raise ConfigError(f"config: {path} is a directory; --config takes the settings file (a .yaml)")
+        raise ConfigError(f"config: {path} is a directory; {named_by} takes the settings file (a .yaml)")
     if path is not None and not path.is_file():
-        raise ConfigError(f"config: file {path} not found")
+        by_variable = f"{named_by}: " if named_by != "--config" else ""
+        raise ConfigError(f"config: {by_variable}file {path} not found")
     data: dict[str, Any] = {}
     origins: dict[Path_, Origin] = {}
     if path is not None:
