@@ -9,6 +9,10 @@ import typer
 from worker.cli.app import app
 from worker.cli.options import ConfigOpt, settings_for
 
+RateOpt = Annotated[float, typer.Option(min=0.0, help="Sample chat messages produced per second (0: no limit)")]
+TimeoutOpt = Annotated[float, typer.Option(min=0.1, max=600.0, help="Seconds to wait for the brokers' first "
+                                                                    "answer")]
+
 
 @app.command()
 def run(config: ConfigOpt = None) -> None:
@@ -21,8 +25,8 @@ def run(config: ConfigOpt = None) -> None:
 @app.command()
 def demo(
     config: ConfigOpt = None,
-    seconds: Annotated[float, typer.Option(help="Stop after this long (0: until Ctrl-C)")] = 30.0,
-    rate: Annotated[float, typer.Option(help="Sample chat messages produced per second")] = 5.0,
+    seconds: Annotated[float, typer.Option(min=0.0, help="Stop after this long (0: until Ctrl-C)")] = 30.0,
+    rate: RateOpt = 5.0,
 ) -> None:
     """Start a local broker, the worker and a producer of sample chat lines; print results live."""
     from worker.devtools.demo import run_demo
@@ -32,17 +36,44 @@ def demo(
 
 @app.command("produce-samples")
 def produce_samples_cmd(
-    bootstrap: Annotated[str, typer.Option(help="Kafka bootstrap servers")] = "localhost:9092",
-    topic: Annotated[str, typer.Option(help="Input topic")] = "chat-messages",
-    rate: Annotated[float, typer.Option(help="Messages per second")] = 5.0,
+    config: ConfigOpt = None,
+    bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap servers (default: "
+                                                  "kafka.bootstrap_servers)")] = None,
+    topic: Annotated[str | None, typer.Option(help="Topic (default: kafka.input_topic)")] = None,
+    rate: RateOpt = 5.0,
+    count: Annotated[int, typer.Option(min=0, help="Stop after this many messages (0: until Ctrl-C)")] = 0,
+    timeout: TimeoutOpt = 10.0,
 ) -> None:
-    """Produce sample chat messages (and an occasional broken one) until stopped."""
-    import signal
-    import threading
+    """Produce sample chat messages (every 25th broken on purpose) to the input topic.
 
-    from worker.devtools.demo import produce_samples
+    Takes the cluster, topic and client properties (SASL, TLS, ...) from the settings like every
+    command; --bootstrap and --topic override them. Ctrl-C stops; then it says what was sent.
+    Exit 0 when every message was acknowledged, 1 when some were not, 2 on a usage or connection
+    error.
+    """
+    from worker.devtools.samples import input_producer_conf, produce_samples
+    from worker.errors import WorkerError
+    from worker.observe.logs import setup_logging
+    from worker.ops.brokers import ensure_reachable
+    from worker.ops.signals import stop_on_signals
 
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    produce_samples(bootstrap, topic, rate, stop)
+    setup_logging("WARNING")
+    settings = settings_for(config)
+    k = settings.kafka
+    k = k.model_copy(update={"bootstrap_servers": bootstrap or k.bootstrap_servers,
+                             "input_topic": topic or k.input_topic})
+    conf = input_producer_conf(k)
+    metadata = ensure_reachable(conf, timeout_s=timeout)
+    if k.input_topic not in metadata.topics:
+        raise WorkerError(f"topic {k.input_topic} does not exist on {k.bootstrap_servers}: create it, or name "
+                          "another with --topic or kafka.input_topic")
+    pace = f"{rate:g} per second" if rate > 0 else "as fast as possible"
+    typer.echo(f"producing to {k.input_topic} on {k.bootstrap_servers}, {pace}"
+               + (f", {count} messages" if count else "; Ctrl-C stops"), err=True)
+    with stop_on_signals() as stop:
+        report = produce_samples(conf, k.input_topic, rate=rate, count=count, stop=stop)
+    typer.echo(report.summary())
+    problems = report.problems()
+    if problems:
+        typer.echo(f"error: {problems}", err=True)
+        raise typer.Exit(1)

