@@ -73,3 +73,74 @@ def replay_dead_letters(
     if json_out is not None:
         json_out.write_bytes(orjson.dumps(summary.as_dict(), option=orjson.OPT_INDENT_2))
     raise typer.Exit(0 if summary.complete else 1)
+
+
+@app.command()
+def check(
+    config: ConfigOpt = None,
+    timeout: Annotated[float, typer.Option(min=0.1, max=600.0, help="Seconds to wait for each cluster's answer")
+                       ] = 10.0,
+    load_model: Annotated[bool, typer.Option("--load-model", help="Also load the model and classify one text "
+                                                                 "(slow; by default only its files are checked)")
+                          ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document instead of the sections")] = False,
+) -> None:
+    """Check a deployment: settings and their origin, brokers, topics, the group's lag, the model.
+
+    Prints the effective settings (secrets masked) and where each came from (file, environment,
+    default); whether librdkafka accepts the client properties; the brokers that answered; the
+    input, output and dead-letter topics with their partitions; the consumer group's members and
+    lag per partition; which model would load and whether its files are there. Exit 0 when all is
+    well, 1 when a problem was found, 2 on a usage error or when no broker answers.
+    """
+    from worker.observe.logs import setup_logging
+    from worker.ops.check import run_check
+
+    setup_logging("WARNING")
+    report = run_check(settings_for(config), timeout_s=timeout, load_model=load_model,
+                       emit=None if as_json else typer.echo)
+    if as_json:
+        typer.echo(report.json())
+    raise typer.Exit(1 if report.problems else 0)
+
+
+@app.command()
+def tail(
+    config: ConfigOpt = None,
+    dead_letters: Annotated[bool, typer.Option("--dead-letters", help="Read the dead-letter topic instead of the "
+                                                                      "results")] = False,
+    topic: Annotated[str | None, typer.Option(help="Topic (default: kafka.output_topic, or "
+                                               "kafka.dead_letter_topic with --dead-letters)")] = None,
+    from_beginning: Annotated[bool, typer.Option("--from-beginning", help="Start at the first record of every "
+                                                                          "partition")] = False,
+    count: Annotated[int | None, typer.Option(min=0, help="The last N records (default 10); with "
+                                              "--from-beginning, at most the first N (default: all)")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new records until Ctrl-C")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Each record whole, as one JSON line")] = False,
+    timeout: Annotated[float, typer.Option(min=0.1, max=600.0, help="Seconds to wait for the brokers' first "
+                                                                    "answer")] = 10.0,
+) -> None:
+    """Print results (or dead letters) as they are on the topic: one line per record.
+
+    A result line: time, partition:offset, id, labels with their scores, the worker's processing
+    time (and the end-to-end time). A dead letter: its error class, where it came from, the reason
+    and a preview of the value. Joins no consumer group and commits nothing. Exit 0, or 2 on a
+    usage or connection error.
+    """
+    from worker.observe.logs import setup_logging
+    from worker.ops.signals import stop_on_signals
+    from worker.ops.tail import Tail, TailOptions, reader_conf
+
+    setup_logging("WARNING")
+    k = settings_for(config).kafka
+    name = topic or (k.dead_letter_topic if dead_letters else k.output_topic)
+    options = TailOptions(name, dead_letters=dead_letters, from_beginning=from_beginning, follow=follow,
+                          count=count, as_json=as_json)
+    reader = Tail(reader_conf(k), options, typer.echo)
+    with stop_on_signals() as stop:
+        shown = reader.run(stop, timeout_s=timeout)
+    if not shown and not follow:
+        typer.echo(f"no records on {name}", err=True)
+    if reader.unfinished:
+        typer.echo(f"stopped waiting for the end of partitions {', '.join(map(str, reader.unfinished))} of "
+                   f"{name} after {options.end_wait_s:g} s without news", err=True)
