@@ -84,6 +84,13 @@ def test_fine_tune_writes_the_contract_deterministically(small_data: Path, tiny_
     reference = np.load(tmp_path / "a" / "reference_probs.npy")
     assert np.abs(again[:len(reference)] - reference).max() < 1e-4
 
+    # The head records the embedder it was trained on (its pairing is checked at start), and a
+    # rebuild is that same embedder.
+    identity = json.loads((tmp_path / "a" / "embedder" / "embedder.json").read_text())
+    assert info["embedder_identity"] == identity
+    assert json.loads((head / "training.json").read_text())["embedder_identity"] == identity
+    assert json.loads((rebuilt / "embedder.json").read_text()) == identity
+
 
 @pytest.mark.timeout(900)
 def test_shipped_model_rebuilt_reproduces_training_and_its_dev_quality() -> None:
