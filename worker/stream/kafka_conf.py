@@ -51,6 +51,27 @@ def consumer_conf(
     return conf
 
 
+# librdkafka's default message.max.bytes: the largest record a producer sends unless configured.
+DEFAULT_MESSAGE_MAX_BYTES = 1_000_000
+
+
+def idempotent_producer_conf(conf: dict[str, Any]) -> dict[str, Any]:
+    """Every producer of this project (the worker's publisher, replay-dead-letters): `conf` with
+    the project's defaults under it and idempotence with acks=all over it (never configurable)."""
+    return {"linger.ms": 5, "message.timeout.ms": 30_000, "compression.type": "lz4", **conf,
+            "enable.idempotence": True, "acks": "all"}
+
+
+def max_message_bytes(k: KafkaSettings) -> int:
+    """The largest record the producer sends (its message.max.bytes, from kafka.common or
+    kafka.producer); a dead letter above it has its value cut."""
+    raw = {**k.common, **k.producer}.get("message.max.bytes", DEFAULT_MESSAGE_MAX_BYTES)
+    try:
+        return int(raw)
+    except (TypeError, ValueError):
+        return DEFAULT_MESSAGE_MAX_BYTES
+
+
 def producer_conf(k: KafkaSettings) -> dict[str, Any]:
     conf: dict[str, Any] = {**k.common, **k.producer,
                             "bootstrap.servers": k.output_bootstrap_servers or k.bootstrap_servers,

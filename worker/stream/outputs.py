@@ -14,12 +14,10 @@ from worker.engine.result import ModelIdentity, Result
 from worker.observe.health import Health
 from worker.observe.metrics import Metrics
 from worker.stream.decode import ChatMessage, Envelope, Rejected
+from worker.stream.kafka_conf import max_message_bytes
 from worker.stream.offsets import Ticket
 from worker.stream.publish import Outgoing
-from worker.stream.records import dead_letter_record, output_record
-
-# A dead letter carries at least this much of the original value, whatever the input limit.
-MIN_DEAD_LETTER_VALUE_BYTES = 65_536
+from worker.stream.records import dead_letter_record, output_record, shrink_dead_letter
 
 
 @dataclass(frozen=True)
@@ -58,13 +56,13 @@ class Outputs:
         self._output_topic = settings.kafka.output_topic
         self._dead_letter_topic = settings.kafka.dead_letter_topic
         self._scores, self._decimals = settings.output.scores, settings.output.decimals
-        self._max_dead_letter_value = max(settings.input.max_value_bytes, MIN_DEAD_LETTER_VALUE_BYTES)
+        self._max_dead_letter_bytes = max_message_bytes(settings.kafka)  # the whole input, if it can be sent
 
     def publish(self, work: Work, outcome: Outcome) -> None:
         """Hand the record for `work` to the publisher; its acknowledgement acknowledges the offset."""
         ticket = work.ticket
         if isinstance(outcome, Rejected):
-            record = dead_letter_record(outcome, max_value_bytes=self._max_dead_letter_value)
+            record = dead_letter_record(outcome, max_record_bytes=self._max_dead_letter_bytes)
             on_ack: Callable[[], None] = _DeadLettered(self, ticket, outcome.reason)
             topic, kind = self._dead_letter_topic, "dead_letter"
         else:
@@ -73,7 +71,8 @@ class Outputs:
                                    decimals=self._decimals, processing_ms=(time.monotonic() - work.received) * 1000)
             on_ack = _Published(self, ticket, work.envelope.source.timestamp_ms, outcome)
             topic, kind = self._output_topic, "output"
-        self.sender.send(Outgoing(topic, kind, record, on_ack, wanted=lambda: self._is_current(ticket)))
+        self.sender.send(Outgoing(topic, kind, record, on_ack, wanted=lambda: self._is_current(ticket),
+                                  shrink=shrink_dead_letter if kind == "dead_letter" else None))
 
     def close(self, timeout: float) -> int:
         """Flush what was handed over; returns how many records are still unacknowledged."""

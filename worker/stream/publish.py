@@ -19,6 +19,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from worker.stream.kafka_conf import idempotent_producer_conf
 from worker.stream.records import Record
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,8 @@ BACKOFF_MAX_S = 5.0
 # after a broker lost its state (a restart of a memory-only broker, say), or a fatal idempotence
 # error, the old one may never succeed again. Its queued records are purged and retried.
 RESET_AFTER_S = 10.0
+# The record is larger than the producer (message.max.bytes) or the broker accepts.
+_SIZE_REFUSED = (KafkaError.MSG_SIZE_TOO_LARGE,)
 
 
 def _always() -> bool:
@@ -42,6 +45,9 @@ class Outgoing:
     record: Record
     on_ack: Callable[[], None]  # the broker acknowledged the record
     wanted: Callable[[], bool] = _always  # checked before each (re)send: False drops the record
+    # Its size was refused: a smaller record to send instead (None: none), e.g. a dead letter's value
+    # cut. Without it, a refused record is retried with backoff like any failure.
+    shrink: Callable[[Record], Record | None] | None = None
     attempts: int = 0
 
 
@@ -60,14 +66,7 @@ class Publisher:
         on_failure: Callable[[Outgoing, str], None] | None = None,
         make_producer: Callable[[dict[str, Any]], Producer] = Producer,
     ) -> None:
-        conf: dict[str, object] = {
-            "linger.ms": 5,
-            "message.timeout.ms": 30_000,
-            "compression.type": "lz4",
-            **producer_conf,
-            "enable.idempotence": True,
-            "acks": "all",
-        }
+        conf = idempotent_producer_conf(producer_conf)
         self._conf = conf
         self._make_producer = make_producer
         self.producer = make_producer(conf)
@@ -102,7 +101,7 @@ class Publisher:
                 self._failing_since = None
                 item.on_ack()
             else:
-                self._failed(item, err.str())
+                self._failed(item, err.str(), err.code())
 
         while True:
             with self._lock:
@@ -122,10 +121,20 @@ class Publisher:
             except Exception as exc:  # KafkaException and argument errors alike
                 with self._lock:
                     self._outstanding.pop(key, None)
-                self._failed(item, f"{type(exc).__name__}: {exc}")
+                err = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+                self._failed(item, f"{type(exc).__name__}: {exc}", err.code() if isinstance(err, KafkaError) else None)
                 return
 
-    def _failed(self, item: Outgoing, error: str) -> None:
+    def _failed(self, item: Outgoing, error: str, code: int | None = None) -> None:
+        if code in _SIZE_REFUSED and item.shrink is not None:
+            smaller = item.shrink(item.record)
+            if smaller is not None:
+                log.warning("%s record of %d bytes refused for its size (%s): sending it with its value cut to %d "
+                            "bytes", item.kind, len(item.record.value), error, len(smaller.value))
+                item.record = smaller
+                with self._lock:
+                    heapq.heappush(self._retries, _Retry(time.monotonic(), next(self._seq), item))
+                return
         item.attempts += 1
         if self._failing_since is None:
             self._failing_since = time.monotonic()
@@ -224,7 +233,7 @@ class Publisher:
                 self._serve_once()
             except Exception:
                 log.exception("publisher flush error; continuing")
-            if left == 0 and self.pending_retries() == 0:
+            if left == 0 and self.pending_retries() == 0 and len(self.producer) == 0:  # nothing resent meanwhile
                 return 0
         return len(self.producer) + self.pending_retries()
 

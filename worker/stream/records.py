@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,8 @@ DLQ_HEADER_PREFIX = "emotion-worker."
 ERROR_HEADERS = tuple(f"{DLQ_HEADER_PREFIX}{name}" for name in
                       ("error", "error.class", "source.topic", "source.partition", "source.offset"))
 ERROR_HEADER, ERROR_CLASS_HEADER = ERROR_HEADERS[:2]  # the reason as JSON; its error class alone
+# Set ("1") on a dead letter whose value was cut to fit the dead-letter topic: it cannot be replayed.
+TRUNCATED_HEADER = f"{DLQ_HEADER_PREFIX}error.truncated"
 # How often a record was replayed from the dead-letter topic; travels with it through the worker.
 REPLAY_COUNT_HEADER = f"{DLQ_HEADER_PREFIX}replay-count"
 
@@ -59,10 +62,10 @@ def output_record(
     return Record(message.envelope.key, orjson.dumps(doc), list(message.envelope.headers))
 
 
-def dead_letter_record(rejected: Rejected, *, max_value_bytes: int) -> Record:
-    """The original key, value and headers, plus the reason as headers (one JSON header with all
-    of it, and one header per field). A value over max_value_bytes is cut to that size and the
-    cut is said in the reason, so an oversized input cannot block the dead-letter topic."""
+def dead_letter_record(rejected: Rejected, *, max_record_bytes: int) -> Record:
+    """The original key, value and headers, whole, plus the reason as headers (one JSON header with
+    all of it, and one header per field). Only a record the dead-letter producer could not send
+    (over its message.max.bytes) has its value cut to fit, and the cut is said (`cut_value`)."""
     env = rejected.envelope
     value = env.value or b""
     reason: dict[str, Any] = {
@@ -71,10 +74,58 @@ def dead_letter_record(rejected: Rejected, *, max_value_bytes: int) -> Record:
         "source": source_dict(env),
         "original_size": len(value) if env.value is not None else None,
     }
-    if len(value) > max_value_bytes:
-        value = value[:max_value_bytes]
-        reason["value_truncated_to"] = max_value_bytes
     values = (orjson.dumps(reason), rejected.reason.encode(), env.source.topic.encode(),
               str(env.source.partition).encode(), str(env.source.offset).encode())
     headers: list[Header] = [*env.headers, *zip(ERROR_HEADERS, values, strict=True)]
-    return Record(env.key, value, headers)
+    record = Record(env.key, value, headers)
+    if record_size(record) <= max_record_bytes:
+        return record
+    room = max_record_bytes - (record_size(record) - len(value)) - _CUT_NOTE_BYTES
+    return cut_value(record, max(0, room))
+
+
+# What a cut adds to a record: the flag header and two fields of the reason.
+_CUT_NOTE_BYTES = 128
+
+
+def record_size(record: Record) -> int:
+    """The size librdkafka checks against message.max.bytes: value, key and serialized headers
+    (each header's name and value with their varint lengths, at most 5 bytes each)."""
+    headers = sum(len(k) + len(v or b"") + 10 for k, v in record.headers)
+    return len(record.value) + len(record.key or b"") + headers
+
+
+def cut_value(record: Record, size: int) -> Record:
+    """The dead letter with its value cut to `size` bytes, the cut said in the reason
+    (`truncated_to`, `original_size`) and flagged by TRUNCATED_HEADER. Such a record cannot be
+    replayed: its value is no longer the input's."""
+    headers = [(k, v) for k, v in record.headers if k != TRUNCATED_HEADER]
+    for i, (name, raw) in enumerate(headers):
+        if name == ERROR_HEADER:
+            reason = orjson.loads(raw) if raw else {}
+            if reason.get("original_size") is None:
+                reason["original_size"] = len(record.value)
+            reason["truncated_to"] = size
+            headers[i] = (name, orjson.dumps(reason))
+    return Record(record.key, record.value[:size], [*headers, (TRUNCATED_HEADER, b"1")])
+
+
+def shrink_dead_letter(record: Record) -> Record | None:
+    """For a dead letter whose size the broker refused: the same with half the value, or None
+    when there is no value left to cut."""
+    if not record.value:
+        return None
+    return cut_value(record, len(record.value) // 2)
+
+
+def was_cut(headers: Sequence[Header]) -> bool:
+    """A dead letter whose value is not the input's whole value (also as older workers said it)."""
+    found = dict(headers)
+    if found.get(TRUNCATED_HEADER) is not None:
+        return True
+    raw = found.get(ERROR_HEADER)
+    try:
+        reason = orjson.loads(raw) if raw else {}
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(reason, dict) and ("truncated_to" in reason or "value_truncated_to" in reason)
