@@ -104,7 +104,9 @@ def export(
         path = export_encoder(source, output, name=BASE_NAME if base else None)
     typer.echo(f"wrote {path}")
     if int8:
-        qdir = output.with_name(output.name.removesuffix("-onnx") + "-int8-onnx")
+        # models/x-onnx -> models/x-int8-onnx; any other name: <output>-int8 (the Dockerfile's /models/embedder-int8)
+        qdir = output.with_name(output.name.removesuffix("-onnx") + "-int8-onnx" if output.name.endswith("-onnx")
+                                else output.name + "-int8")
         typer.echo(f"wrote {quantize_int8(output, qdir)}")
 
 
