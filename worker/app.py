@@ -18,6 +18,8 @@ from worker.model_choice import engine_options
 from worker.observe.health import Health, ObserveServer
 from worker.observe.logs import setup_logging
 from worker.observe.metrics import Metrics
+from worker.observe.reachability import brokers_reachable
+from worker.observe.startup import startup_line
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,14 @@ def run_worker(settings: Settings, *, config_path: Path | None = None, stop_even
     from worker.stream.consumer_loop import ConsumerLoop
 
     setup_logging(settings.observe.log_level, settings.observe.log_json, secrets_of(settings))
+    # First: a port in use (a second worker on this host) ends the run with one line, before the
+    # model loads and before any signal handler is installed.
+    metrics = Metrics()
+    health = Health(settings.observe.stall_after_s)
+    server = ObserveServer(settings.observe.host, settings.observe.port, metrics, health)
+    k = settings.kafka
+    health.brokers_check = lambda: brokers_reachable(k.bootstrap_servers,
+                                                     k.output_bootstrap_servers or k.bootstrap_servers)
     stop_event = stop_event if stop_event is not None else threading.Event()
     running: list[ConsumerLoop] = []
     reloaders: list[ThresholdReloader] = []
@@ -84,26 +94,22 @@ def run_worker(settings: Settings, *, config_path: Path | None = None, stop_even
             threading.Thread(target=reload_thresholds, name="threshold-reload", daemon=True).start()
 
         signal.signal(signal.SIGHUP, on_hangup)
-    metrics = Metrics()
-    health = Health(settings.observe.stall_after_s)
-    server = ObserveServer(settings.observe.host, settings.observe.port, metrics, health).start()
+    server.start()
     log.info("metrics and health on http://%s:%d (/metrics /healthz /readyz)", settings.observe.host, server.port)
     try:
         engine = load_engine(settings)
         metrics.set_model(engine.identity.embedder, engine.identity.head, engine.identity.thresholds_hash,
                           engine.identity.pooling)
         health.model_ready = True
-        reloader = ThresholdReloader(engine, metrics, config_path)
+        reloader = ThresholdReloader(engine, metrics, config_path, running=settings)
         reloaders.append(reloader)
         if settings.model.watch_thresholds_s > 0:
             reloader.watch(settings.model.watch_thresholds_s, stop_event)
         if stop_event.is_set():
             return 0
+        log.info("%s", startup_line(settings, engine))
         loop = assemble(settings, engine, metrics, health)
         running.append(loop)
-        k = settings.kafka
-        log.info("consuming %s -> %s (dead letters: %s), group %s", k.input_topic, k.output_topic,
-                 k.dead_letter_topic, k.group_id)
         log.debug("kafka properties: common %s, consumer %s, producer %s", redact(k.common), redact(k.consumer),
                   redact(k.producer))
         return loop.run(stop_event)

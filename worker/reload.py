@@ -1,29 +1,74 @@
 """Threshold reload without a restart (SIGHUP): re-read the thresholds file and the config file's
 global and per-label overrides, validate them, and switch the engine to them between
 micro-batches. Every result is labelled with one set of thresholds, and says which (its
-`thresholds_hash`). An invalid file keeps the old thresholds: one log line and a failure count."""
+`thresholds_hash`). An invalid file keeps the old thresholds: one log line and a failure count.
+Other settings that changed in the config file need a restart: one warning line names them."""
 
 from __future__ import annotations
 
 import logging
 import threading
 from pathlib import Path
+from typing import Any
 
-from worker.config import load_settings
+from worker.config import Settings, is_secret, load_settings
 from worker.engine.engine import Engine
 from worker.engine.thresholds import Thresholds
 from worker.errors import WorkerError
 from worker.labels import LABELS
+from worker.observe.logs import AS_IS
 from worker.observe.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+# The settings a reload applies; every other one is read at start only.
+RELOADED = {"model.thresholds_file", "model.threshold", "model.label_thresholds"}
+
+
+def _leaves(value: Any, prefix: str) -> dict[str, Any]:
+    """Settings as dotted names: kafka.common's properties and other mappings one name per key."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, sub in value.items():
+            out.update(_leaves(sub, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: value}
+
+
+def _in_settings_order(name: str) -> tuple[int, int, str]:
+    """Sections and their fields in the order Settings declares them (kafka, ..., observe)."""
+    section, _, rest = name.partition(".")
+    sections = list(Settings.model_fields)
+    i = sections.index(section) if section in sections else len(sections)
+    model = getattr(Settings.model_fields[section].annotation, "model_fields", {}) if i < len(sections) else {}
+    fields = list(model)
+    field = rest.partition(".")[0]
+    return i, fields.index(field) if field in fields else len(fields), name
+
+
+def needing_restart(running: Settings, new: Settings) -> list[str]:
+    """The settings that differ between the ones in use and `new`, but take a restart to apply:
+    'observe.port (9108 -> 9200)'; secret values masked."""
+    before, after = _leaves(running.model_dump(), ""), _leaves(new.model_dump(), "")
+    changed = []
+    for name in sorted(before.keys() | after.keys(), key=_in_settings_order):
+        if any(name == r or name.startswith(r + ".") for r in RELOADED):
+            continue
+        old, now = before.get(name, "(unset)"), after.get(name, "(unset)")
+        if old != now:
+            shown = ("***", "***") if is_secret(name) else (old, now)
+            changed.append(f"{name} ({shown[0]} -> {shown[1]})")
+    return changed
+
 
 class ThresholdReloader:
-    def __init__(self, engine: Engine, metrics: Metrics, config_path: Path | None) -> None:
+    def __init__(self, engine: Engine, metrics: Metrics, config_path: Path | None,
+                 running: Settings | None = None) -> None:
+        """`running`: the settings the worker started with; a reload names those it cannot apply."""
         self.engine = engine
         self.metrics = metrics
         self.config_path = config_path
+        self.running = running
 
     def watched_files(self) -> list[Path]:
         """What a reload reads: the thresholds file in use and the config file."""
@@ -50,17 +95,20 @@ class ThresholdReloader:
                 if now != last:
                     last = now
                     log.info("a thresholds or config file changed: reloading")
-                    self.reload()
+                    self.reload(trigger="config change")
 
         thread = threading.Thread(target=run, name="threshold-watch", daemon=True)
         thread.start()
         return thread
 
-    def reload(self) -> bool:
-        """True when the new thresholds are in use (or were the same); False when they were refused."""
+    def reload(self, trigger: str = "SIGHUP") -> bool:
+        """True when the new thresholds are in use (or were the same); False when they were refused.
+        Changed settings that need a restart are named in one warning either way."""
         old = self.engine.thresholds
         try:
-            model = load_settings(self.config_path).model
+            settings = load_settings(self.config_path)
+            self._warn_restart_needed(settings, trigger)
+            model = settings.model
             path = self.engine.thresholds_path(model.thresholds_file)
             new = Thresholds.load(path, global_override=model.threshold, per_label=model.label_thresholds)
         except WorkerError as exc:
@@ -79,3 +127,11 @@ class ThresholdReloader:
         log.info("thresholds reloaded from %s: %s -> %s; %d changed: %s", path, old.digest(), new.digest(),
                  len(changed), ", ".join(changed))
         return True
+
+    def _warn_restart_needed(self, settings: Settings, trigger: str) -> None:
+        if self.running is None:
+            return
+        changed = needing_restart(self.running, settings)
+        if changed:
+            log.warning("%s: these changed settings need a restart and were not applied: %s", trigger,
+                        ", ".join(changed), extra=AS_IS)

@@ -3,6 +3,8 @@ side working), served from one small HTTP server thread."""
 
 from __future__ import annotations
 
+import errno
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -11,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from worker.errors import WorkerError
 from worker.observe.metrics import Metrics
 
 
@@ -22,6 +25,7 @@ class Health:
         self.joined = False
         self.output_check: Callable[[], bool] = lambda: True  # the publisher's: no failure since its last success
         self.output_error = ""
+        self.brokers_check: Callable[[], bool] = lambda: True  # no cluster known to be unreachable
         self.stopping = False
         self.threads: list[threading.Thread] = []
 
@@ -45,7 +49,8 @@ class Health:
         live, _ = self.live()
         output_ok = self.output_check()
         checks = {"model_loaded": self.model_ready, "group_joined": self.joined,
-                  "output_ok": output_ok, "poll_loop_alive": live, "not_stopping": not self.stopping}
+                  "brokers_reachable": self.brokers_check(), "output_ok": output_ok, "poll_loop_alive": live,
+                  "not_stopping": not self.stopping}
         ok = all(checks.values())
         body: dict[str, object] = {"status": "ready" if ok else "not ready", **checks}
         if not output_ok:
@@ -79,7 +84,10 @@ class ObserveServer:
             def log_message(self, format: str, *args: object) -> None:
                 return
 
-        self.server = ThreadingHTTPServer((host, port), Handler)
+        try:
+            self.server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:
+            raise WorkerError(bind_problem(host, port, exc)) from None
         self.server.daemon_threads = True
         self.port = int(self.server.server_address[1])
         self.thread = threading.Thread(target=self.server.serve_forever, name="observe-http", daemon=True)
@@ -91,3 +99,18 @@ class ObserveServer:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def bind_problem(host: str, port: int, exc: OSError) -> str:
+    """One line: why the metrics and health server cannot listen on host:port, and what to set."""
+    set_port = "set observe.port (EMOTION_WORKER_OBSERVE__PORT)"
+    if exc.errno == errno.EADDRINUSE:
+        return (f"observe.port {port} is in use (another worker on this host?): {set_port} to a free port, "
+                "or 0 for any")
+    if exc.errno == errno.EACCES:
+        return f"observe.port {port} needs privileges to listen on: {set_port} to 1024 or above, or 0 for any"
+    if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+        return (f"observe.host {host!r} is not an address of this host ({exc.strerror}): set observe.host "
+                "(EMOTION_WORKER_OBSERVE__HOST) to one, or 0.0.0.0 for all, 127.0.0.1 for this host only")
+    return (f"cannot serve metrics and health on {host}:{port} ({exc.strerror or exc}): check observe.host "
+            "and observe.port (EMOTION_WORKER_OBSERVE__HOST, EMOTION_WORKER_OBSERVE__PORT)")

@@ -10,6 +10,9 @@ import time
 
 import orjson
 
+# `extra=AS_IS` on a line that is its own summary (or a user's one-off event): never held back.
+AS_IS = {"collapsed": True}
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -42,7 +45,9 @@ class SecretMask(logging.Filter):
 
 class RepeatFilter(logging.Filter):
     """Lets one line through per `window_s` for each kind of message (logger + its first words),
-    and says how many were held back: a broker outage must not flood the log."""
+    and says how many were held back: a broker outage must not flood the log. At every level for
+    the Kafka clients' lines (librdkafka logs a refused connection as an error, each attempt);
+    the worker's own errors are each told. A record marked `collapsed` is already a summary."""
 
     def __init__(self, window_s: float = 10.0, prefix_chars: int = 60) -> None:
         super().__init__()
@@ -51,7 +56,10 @@ class RepeatFilter(logging.Filter):
         self._seen: dict[str, tuple[float, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.ERROR and record.name != "worker.kafka":
+        if getattr(record, "collapsed", False):
+            return True
+        kafka = record.name == "worker.kafka" or record.name.startswith("worker.kafka.")
+        if record.levelno >= logging.ERROR and not kafka:
             return True
         key = f"{record.name}:{record.getMessage()[: self.prefix_chars]}"
         now = time.monotonic()

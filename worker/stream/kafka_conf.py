@@ -6,19 +6,14 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import KafkaError
-
 from worker.config import KafkaSettings, Settings
+from worker.observe.reachability import ClientReport, story_for
 
 log = logging.getLogger("worker.kafka")
-# librdkafka's own log lines go through Python logging (and its repeat filter), not raw stderr.
-librdkafka_log = logging.getLogger("worker.kafka.librdkafka")
-
-
-def _error_cb(err: KafkaError) -> None:
-    # Broker-down and similar client errors: librdkafka retries them itself; say so once a line.
-    level = logging.ERROR if err.fatal() else logging.WARNING
-    log.log(level, "kafka client: %s", err.str())
+# librdkafka's errors, log lines and statistics go to a ClientReport: "cannot reach brokers" is
+# told once per cluster (consumer and producer alike), the rest goes through Python logging and
+# its repeat filter, never raw to stderr.
+STATS_INTERVAL_MS = 5000
 
 
 def consumer_conf(
@@ -28,7 +23,7 @@ def consumer_conf(
     on_stats: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     conf: dict[str, Any] = {
-        "statistics.interval.ms": 5000,
+        "statistics.interval.ms": STATS_INTERVAL_MS,
         # Low fetch wait: an idle chat stream's next message is fetched within ~10 ms.
         "fetch.wait.max.ms": 10,
         **k.common,
@@ -41,13 +36,11 @@ def consumer_conf(
         "partition.assignment.strategy": k.assignment_strategy,
         "session.timeout.ms": k.session_timeout_ms,
         "max.poll.interval.ms": k.max_poll_interval_ms,
-        "error_cb": _error_cb,
-        "logger": librdkafka_log,
     }
+    report = ClientReport(story_for(k.bootstrap_servers), "consumer", on_stats)
+    conf.update({"error_cb": report.error, "logger": report, "stats_cb": report.stats})
     if on_commit is not None:
         conf["on_commit"] = on_commit
-    if on_stats is not None:
-        conf["stats_cb"] = on_stats
     return conf
 
 
@@ -73,9 +66,11 @@ def max_message_bytes(k: KafkaSettings) -> int:
 
 
 def producer_conf(k: KafkaSettings) -> dict[str, Any]:
-    conf: dict[str, Any] = {**k.common, **k.producer,
-                            "bootstrap.servers": k.output_bootstrap_servers or k.bootstrap_servers,
-                            "error_cb": _error_cb, "logger": librdkafka_log}
+    servers = k.output_bootstrap_servers or k.bootstrap_servers
+    report = ClientReport(story_for(servers), "producer")
+    conf: dict[str, Any] = {"statistics.interval.ms": STATS_INTERVAL_MS, **k.common, **k.producer,
+                            "bootstrap.servers": servers,
+                            "error_cb": report.error, "logger": report, "stats_cb": report.stats}
     return conf
 
 
