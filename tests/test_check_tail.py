@@ -71,9 +71,9 @@ def test_check_all_good_shows_origins_partitions_lag_and_model(
     assert "librdkafka accepts" in out and f"{broker.bootstrap} answered" in out
     for topic in (topics.input, topics.output, topics.dlq):
         assert any(topic in line and "3 partitions" in line for line in out.splitlines()), out
-    assert "all files present" in out and "result: all good" in out
+    assert "all files present" in out and "not loaded" in out and "result: all good" in out
 
-    res = cli("check", "--json", env=env, cwd=tmp_path)
+    res = cli("check", "--json", "--load-model", env=env, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     doc = orjson.loads(res.stdout)
     assert doc["problems"] == []
@@ -82,7 +82,8 @@ def test_check_all_good_shows_origins_partitions_lag_and_model(
     lag = {p["partition"]: p for p in doc["group"]["partitions"]}
     assert (lag[0]["committed"], lag[0]["end"], lag[0]["lag"]) == (2, 5, 3)
     assert lag[1]["committed"] is None and lag[1]["lag"] == 0
-    assert doc["model"]["embedder"] == str(tiny_encoder) and doc["model"]["loaded"] is False
+    assert doc["model"]["embedder"] == str(tiny_encoder) and doc["model"]["loaded"] is True
+    assert isinstance(doc["model"]["sample_labels"], list)
     origins = {s["key"]: s["origin"] for s in doc["configuration"]["settings"]}
     assert origins["kafka.group_id"] == "env EMOTION_WORKER_KAFKA__GROUP_ID"
     assert origins["batching.max_wait_ms"] == "default"
@@ -97,6 +98,11 @@ def test_check_a_missing_topic_is_a_problem_and_is_not_created(
     assert res.returncode == 1, res.stdout + res.stderr
     assert f"topic {missing} (dead letters) does not exist on {broker.bootstrap}" in res.stdout
     assert "result: 1 problem" in res.stdout
+    # results and dead letters on another cluster (here: the same broker under another name)
+    env["EMOTION_WORKER_KAFKA__OUTPUT_BOOTSTRAP_SERVERS"] = other = broker.bootstrap.replace("127.0.0.1", "localhost")
+    res = cli("check", env=env, cwd=tmp_path)
+    assert res.returncode == 1 and f"output brokers: {other} answered" in res.stdout
+    assert f"topic {missing} (dead letters) does not exist on {other}" in res.stdout
     assert missing not in AdminClient({"bootstrap.servers": broker.bootstrap}).list_topics(timeout=5).topics
 
 

@@ -79,6 +79,8 @@ def test_command_list_gives_each_first_sentence_in_full() -> None:
     (("demo", "--seconds", "-1"), "--seconds"),
     (("tail", "--count", "-1"), "--count"),
     (("check", "--timeout", "0"), "--timeout"),
+    (("fine-tune", "--data", "d", "--output", "o", "--epochs", "0"), "--epochs"),
+    (("train-head", "--embedder", "e", "--data", "d", "--output", "o", "--hidden", "0"), "--hidden"),
 ])
 def test_numbers_out_of_range_are_refused(args: tuple[str, ...], option: str) -> None:
     res = run_cli(*args)

