@@ -1,5 +1,8 @@
 """replay-dead-letters against a real broker and the real worker: a fix turns dead letters into
-results, an interrupted replay resumes without loss, and a poison message cannot loop forever."""
+results (also a raised input limit: too-large values are dead-lettered whole), an interrupted replay
+resumes without loss, a poison message cannot loop forever, a cut dead letter is never re-produced,
+and usage or connection mistakes are one line and exit 2. The rules themselves:
+tests/test_replay_rules.py."""
 
 from __future__ import annotations
 
@@ -12,17 +15,24 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
+import pytest
 
+from testkit.cli import CliResult, run_cli
 from testkit.kafka import ROOT, Topics, produce, read_all, start_worker, worker_env
-from worker.broker import LocalBroker
+from worker.devtools.broker import LocalBroker
 from worker.stream.decode import Envelope, Rejected, Source
-from worker.stream.records import REPLAY_COUNT_HEADER, dead_letter_record
+from worker.stream.records import (
+    ERROR_CLASS_HEADER,
+    REPLAY_COUNT_HEADER,
+    TRUNCATED_HEADER,
+    cut_value,
+    dead_letter_record,
+)
 
 
-def replay(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "worker", "replay-dead-letters", "--no-progress",
-                           "--idle-timeout", "3", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+def replay(env: dict[str, str], *args: str) -> CliResult:
+    """replay-dead-letters in-process, as a user would type it."""
+    return run_cli("replay-dead-letters", "--no-progress", "--idle-timeout", "3", *args, env=env)
 
 
 def test_replay_after_a_config_fix_turns_dead_letters_into_results(
@@ -80,7 +90,8 @@ def test_interrupted_replay_resumes_without_loss(broker: LocalBroker, tiny_encod
     for i in range(n):
         env_ = Envelope(Source(topics.input, i % 3, i, None), f"k{i}".encode(),
                         [("idx", str(i).encode())], orjson.dumps({"id": f"d{i}", "body": "x"}))
-        rec = dead_letter_record(Rejected(env_, "missing_text", "object has no 'text' field"), max_value_bytes=65536)
+        rec = dead_letter_record(Rejected(env_, "missing_text", "object has no 'text' field"),
+                                 max_record_bytes=1_000_000)
         records.append((rec.key, rec.value, rec.headers))
     produce(broker.bootstrap, topics.dlq, records)
     env = worker_env(broker, topics, tiny_encoder, tiny_head)
@@ -111,3 +122,80 @@ def test_interrupted_replay_resumes_without_loss(broker: LocalBroker, tiny_encod
     assert set(got) == {f"d{i}" for i in range(n)}, "dead letters lost across the interruption"
     duplicates = sum(got.values()) - n
     assert duplicates <= chunk, f"{duplicates} duplicates: more than the one chunk in flight at the kill"
+
+
+def test_too_large_values_are_dead_lettered_whole_and_replayed_once_the_limit_is_raised(
+        broker: LocalBroker, tiny_encoder: Path, tiny_head: Path, tmp_path: Path) -> None:
+    topics = Topics.fresh(broker, partitions=2)
+    big = [(f"k{i}".encode(), orjson.dumps({"id": f"big{i}", "text": f"thanks so much {i}", "pad": "x" * 80_000}),
+            [("trace", f"t{i}".encode())]) for i in range(3)]
+    produce(broker.bootstrap, topics.input, big)
+    worker = start_worker(broker, topics, tiny_encoder, tiny_head, tmp_path / "a.log",
+                          EMOTION_WORKER_INPUT__MAX_VALUE_BYTES="65536")
+    try:
+        dead = read_all(broker.bootstrap, topics.dlq, expect=3, timeout=60)
+    finally:
+        assert worker.stop() == 0
+    assert sorted(m.value() or b"" for m in dead) == sorted(value for _, value, _ in big)  # whole, not cut
+    for m in dead:
+        headers = dict(m.headers() or [])
+        assert headers[ERROR_CLASS_HEADER] == b"too_large" and TRUNCATED_HEADER not in headers
+        assert headers["trace"] == b"t" + (m.key() or b"k?")[1:]
+
+    raised = start_worker(broker, topics, tiny_encoder, tiny_head, tmp_path / "b.log",
+                          EMOTION_WORKER_INPUT__MAX_VALUE_BYTES="200000")
+    try:
+        res = replay(worker_env(broker, topics, tiny_encoder, tiny_head), "--error-class", "too_large")
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "replayed 3;" in res.stdout and "not replayable (value cut) 0" in res.stdout
+        outputs = read_all(broker.bootstrap, topics.output, expect=3, timeout=60)
+        assert sorted(orjson.loads(m.value() or b"{}")["id"] for m in outputs) == ["big0", "big1", "big2"]
+        # nothing came back as a dead letter (before the fix, cut values came back as invalid_json)
+        assert len(read_all(broker.bootstrap, topics.dlq, expect=10**9, timeout=10, idle=1.5)) == 3
+    finally:
+        assert raised.stop() == 0
+
+
+def test_a_cut_dead_letter_is_counted_not_replayable_and_exits_1(broker: LocalBroker, tiny_encoder: Path,
+                                                                  tiny_head: Path) -> None:
+    topics = Topics.fresh(broker, partitions=1)
+    records = []
+    for i, reason in enumerate(["too_large", "missing_text"]):
+        env_ = Envelope(Source(topics.input, 0, i, None), b"k", [], orjson.dumps({"id": f"c{i}", "pad": "y" * 500}))
+        rec = dead_letter_record(Rejected(env_, reason, "whatever"), max_record_bytes=1_000_000)
+        if reason == "too_large":
+            rec = cut_value(rec, 100)  # as the worker writes one that did not fit the dead-letter topic
+        records.append((rec.key, rec.value, rec.headers))
+    produce(broker.bootstrap, topics.dlq, records)
+    env = worker_env(broker, topics, tiny_encoder, tiny_head)
+
+    dry = replay(env, "--dry-run")
+    assert dry.returncode == 1, dry.stdout + dry.stderr
+    assert "would replay 1; not replayable (value cut) 1" in dry.stdout
+    assert "too_large        1  (1 not replayable: value cut)" in dry.stdout
+
+    res = replay(env)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "replayed 1; not replayable (value cut) 1" in res.stdout
+    replayed = read_all(broker.bootstrap, topics.input, expect=10**9, timeout=10, idle=1.5)
+    assert [orjson.loads(m.value() or b"{}")["id"] for m in replayed] == ["c1"]  # never the cut one
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--error-class", "missing_txt"], "did you mean missing_text?"),
+    (["--chunk", "0"], "'--chunk'"),
+    (["--rate", "-1"], "'--rate'"),
+    (["--max-replays", "0"], "'--max-replays'"),
+    (["--idle-timeout", "0"], "'--idle-timeout'"),
+    (["--since", "yesterday"], "ISO 8601"),
+    (["--from-offset", "0-12"], "PARTITION:OFFSET"),
+    ([], "cannot reach the dead-letter topic's brokers 127.0.0.1:1 within 5 s"),
+])
+def test_usage_and_connection_mistakes_are_one_line_and_exit_2(args: list[str], expected: str,
+                                                               tmp_path: Path) -> None:
+    res = run_cli("replay-dead-letters", *args, env={"EMOTION_WORKER_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1"},
+                  cwd=tmp_path)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "Traceback" not in res.stdout + res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.lower().startswith("error")]
+    assert len(errors) == 1 and expected in errors[0], res.stderr

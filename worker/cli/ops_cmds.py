@@ -9,6 +9,7 @@ import typer
 
 from worker.cli.app import app
 from worker.cli.options import ConfigOpt, settings_for
+from worker.errors import WorkerError
 
 
 @app.command("replay-dead-letters")
@@ -30,10 +31,13 @@ def replay_dead_letters(
                       ] = None,
     group: Annotated[str | None, typer.Option(help="The replay's consumer group (default: <kafka.group_id>-replay)")
                      ] = None,
-    max_replays: Annotated[int, typer.Option(help="Skip records already replayed this many times")] = 3,
-    chunk: Annotated[int, typer.Option(help="Records per produce-acknowledge-commit round")] = 500,
-    rate: Annotated[float, typer.Option(help="Records produced per second at most (0: no limit)")] = 0.0,
-    idle_timeout: Annotated[float, typer.Option(help="Stop when nothing new came for this many seconds")] = 5.0,
+    max_replays: Annotated[int, typer.Option(min=1, max=1000, help="Skip records already replayed this many times")
+                           ] = 3,
+    chunk: Annotated[int, typer.Option(min=1, max=100_000, help="Records per produce-acknowledge-commit round")
+                     ] = 500,
+    rate: Annotated[float, typer.Option(min=0.0, help="Records produced per second at most (0: no limit)")] = 0.0,
+    idle_timeout: Annotated[float, typer.Option(min=0.1, max=3600.0, help="Stop when nothing new came for this "
+                                                                          "many seconds")] = 5.0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Count by error class and show samples; produce "
                                                             "and commit nothing")] = False,
     progress: Annotated[bool, typer.Option(help="Progress bar on stderr")] = True,
@@ -41,34 +45,34 @@ def replay_dead_letters(
 ) -> None:
     """Re-produce dead letters' original records (after fixing their cause), at least once.
 
-    Exit 0 when every selected record was replayed, 1 when some were not (loop guard, not
-    acknowledged, interrupted), 2 on a usage or connection error.
+    A dead letter whose value was cut (it did not fit the dead-letter topic) is never re-produced:
+    it is counted as not replayable. Exit 0 when every selected record was replayed, 1 when some
+    were not (not replayable, loop guard, not acknowledged, interrupted), 2 on a usage error or when
+    the brokers or topics cannot be reached.
     """
-    import signal
-    import threading
-
     import orjson
 
     from worker.observe.logs import setup_logging
-    from worker.ops.replay import Replay, ReplayOptions, format_summary
-    from worker.ops.when import parse_offsets, parse_time
-    from worker.stream.kafka_conf import consumer_conf, producer_conf
+    from worker.ops.replay import ReplayOptions, format_summary, open_replay
+    from worker.ops.signals import stop_on_signals
+    from worker.ops.when import parse_error_classes, parse_offsets, parse_window
 
     setup_logging("WARNING")
+    classes = parse_error_classes(error_class or [])
+    since_ms, until_ms = parse_window(since, until)
+    start_offsets = parse_offsets(from_offset or [])
+    if json_out is not None and not json_out.absolute().parent.is_dir():
+        raise WorkerError(f"--json {json_out}: folder {json_out.absolute().parent} does not exist")
     settings = settings_for(config)
     k = settings.kafka
     options = ReplayOptions(
         source_topic=source or k.dead_letter_topic, target_topic=target or k.input_topic,
-        group_id=group or f"{k.group_id}-replay", error_classes=frozenset(error_class or ()),
-        since_ms=parse_time(since), until_ms=parse_time(until), from_beginning=from_beginning,
-        start_offsets=parse_offsets(from_offset or []),
+        group_id=group or f"{k.group_id}-replay", error_classes=classes, since_ms=since_ms, until_ms=until_ms,
+        from_beginning=from_beginning, start_offsets=start_offsets,
         max_replays=max_replays, dry_run=dry_run, chunk=chunk, rate=rate, idle_timeout_s=idle_timeout)
-    # Dead letters live where results go; replayed records go where input comes from.
-    dlq_side = k.model_copy(update={"bootstrap_servers": k.output_bootstrap_servers or k.bootstrap_servers})
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())  # finish the chunk in hand, commit it, stop
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    summary = Replay(options, consumer_conf(dlq_side), producer_conf(k), stop).run(progress=progress)
+    # Ctrl-C or SIGTERM: the chunk in hand is finished and committed, then the replay stops.
+    with stop_on_signals() as stop, open_replay(k, options, stop) as replay:
+        summary = replay.run(progress=progress)
     typer.echo(format_summary(summary, dry_run))
     if json_out is not None:
         json_out.write_bytes(orjson.dumps(summary.as_dict(), option=orjson.OPT_INDENT_2))

@@ -5,7 +5,13 @@ replay count) to the input topic, or another.
 At-least-once: records are replayed in chunks; a chunk's source offsets are committed for the
 replay's own consumer group only after every record it produced is acknowledged. An interrupted
 replay, run again, resumes from the last commit and redoes at most one chunk. A record already
-replayed `max_replays` times is skipped and counted, so a poison message cannot loop forever.
+replayed `max_replays` times is skipped and counted, so a poison message cannot loop forever; a
+dead letter whose value was cut (it did not fit the dead-letter topic) is never re-produced: it is
+counted as not replayable.
+
+The rules live in `Replay`, which is handed its consumer and its sender (the worker's own
+`Publisher` in production: the same idempotent producer settings and send loop), so they are tested
+with fakes; `open_replay` wires the real clients.
 """
 
 from __future__ import annotations
@@ -14,20 +20,33 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from tqdm import tqdm
 
+from worker.config import KafkaSettings
 from worker.errors import WorkerError
-from worker.stream.records import ERROR_CLASS_HEADER, ERROR_HEADER, ERROR_HEADERS, REPLAY_COUNT_HEADER
+from worker.ops.brokers import ensure_reachable
+from worker.stream.kafka_conf import consumer_conf, producer_conf
+from worker.stream.publish import Outgoing, Publisher
+from worker.stream.records import (
+    ERROR_CLASS_HEADER,
+    ERROR_HEADER,
+    ERROR_HEADERS,
+    REPLAY_COUNT_HEADER,
+    Record,
+    was_cut,
+)
+from worker.stream.types import Header
 
 log = logging.getLogger(__name__)
 
-Header = tuple[str, bytes | None]
+REACH_TIMEOUT_S = 5.0  # how long the brokers have to answer before the replay starts
 
 
 @dataclass(frozen=True)
@@ -45,6 +64,7 @@ class ReplayOptions:
     chunk: int = 500  # records per produce-acknowledge-commit round
     rate: float = 0.0  # records produced per second at most (0: no limit)
     idle_timeout_s: float = 5.0  # stop when nothing new arrived for this long
+    ack_timeout_s: float = 60.0  # how long a chunk's acknowledgements may take
     samples: int = 3  # per error class, in --dry-run
 
 
@@ -56,19 +76,54 @@ class ReplaySummary:
     loop_guard_skipped: int = 0
     not_acknowledged: int = 0
     interrupted: bool = False
-    by_class: Counter[str] = field(default_factory=Counter)
+    error: str | None = None  # what stopped the replay early (a commit refused, say)
+    by_class: Counter[str] = field(default_factory=Counter)  # selected, by error class
+    not_replayable: Counter[str] = field(default_factory=Counter)  # value cut, by error class
     samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
         """Every selected record was replayed (for a dry run: would be)."""
-        return not self.interrupted and self.loop_guard_skipped == 0 and self.not_acknowledged == 0
+        return (not self.interrupted and self.error is None and self.loop_guard_skipped == 0
+                and self.not_acknowledged == 0 and not self.not_replayable)
 
     def as_dict(self) -> dict[str, Any]:
         return {"read": self.read, "selected": self.selected, "replayed": self.replayed,
+                "not_replayable": sum(self.not_replayable.values()),
+                "not_replayable_by_class": dict(self.not_replayable),
                 "loop_guard_skipped": self.loop_guard_skipped, "not_acknowledged": self.not_acknowledged,
-                "interrupted": self.interrupted, "complete": self.complete, "by_class": dict(self.by_class),
-                "samples": self.samples}
+                "interrupted": self.interrupted, "error": self.error, "complete": self.complete,
+                "by_class": dict(self.by_class), "samples": self.samples}
+
+
+class DeadLetter(Protocol):
+    """What the replay reads of a consumed record (confluent_kafka.Message)."""
+
+    def error(self) -> KafkaError | None: ...
+    def partition(self) -> int | None: ...
+    def offset(self) -> int | None: ...
+    def timestamp(self) -> tuple[int, int]: ...
+    def key(self) -> bytes | None: ...
+    def value(self) -> bytes | None: ...
+    def headers(self) -> Any: ...
+
+
+class DeadLetterConsumer(Protocol):
+    """What the replay needs of its consumer (confluent_kafka.Consumer, or a test's fake)."""
+
+    def committed(self, partitions: list[TopicPartition], timeout: float = -1) -> list[TopicPartition]: ...
+    def assign(self, partitions: list[TopicPartition]) -> None: ...
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> Sequence[DeadLetter]: ...
+    def commit(self, *, offsets: list[TopicPartition], asynchronous: Literal[False]) -> list[TopicPartition]: ...
+
+
+class ReplaySender(Protocol):
+    """What the replay needs of its producer side (worker.stream.publish.Publisher, or a fake):
+    `send` hands a record over, its `on_ack` runs when the broker acknowledged it; `flush` waits
+    and returns how many are still unacknowledged."""
+
+    def send(self, item: Outgoing) -> None: ...
+    def flush(self, timeout: float) -> int: ...
 
 
 def replay_count(headers: list[Header]) -> int:
@@ -81,7 +136,8 @@ def replay_count(headers: list[Header]) -> int:
 
 def original_headers(headers: list[Header], count: int) -> list[Header]:
     """The input's own headers, as the worker received them, with the replay count set to `count`."""
-    kept = [(k, v) for k, v in headers if k not in ERROR_HEADERS and k != REPLAY_COUNT_HEADER]
+    kept = [(k, v) for k, v in headers if not k.startswith(ERROR_HEADER) and k not in ERROR_HEADERS
+            and k != REPLAY_COUNT_HEADER]
     return [*kept, (REPLAY_COUNT_HEADER, str(count).encode())]
 
 
@@ -90,38 +146,53 @@ def error_class(headers: list[Header]) -> str:
     return raw.decode(errors="replace") if raw else "unknown"
 
 
+class _Acks:
+    """Counts acknowledgements; they may arrive on another thread."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            self.n += 1
+
+
 class Replay:
-    def __init__(self, options: ReplayOptions, consumer_conf: dict[str, Any], producer_conf: dict[str, Any],
-                 stop: threading.Event | None = None) -> None:
+    """The replay's rules over an injected consumer (already configured for the replay's group)
+    and sender (None for a dry run). `partitions` are the dead-letter topic's."""
+
+    def __init__(self, options: ReplayOptions, consumer: DeadLetterConsumer, sender: ReplaySender | None,
+                 partitions: list[int], stop: threading.Event | None = None) -> None:
+        if sender is None and not options.dry_run:
+            raise ValueError("a replay that produces needs a sender")
         self.options = options
+        self.consumer = consumer
+        self.sender = sender
+        self.partitions = sorted(partitions)
         self.stop = stop if stop is not None else threading.Event()
-        self.consumer = Consumer({**consumer_conf, "group.id": options.group_id, "enable.auto.commit": False,
-                                  "enable.auto.offset.store": False, "enable.partition.eof": True})
-        self.producer = None if options.dry_run else Producer(
-            {**producer_conf, "enable.idempotence": True, "acks": "all"})
         self.summary = ReplaySummary()
         self._pace_start: float | None = None
         self._paced = 0
 
-    def run(self, progress: bool = True) -> ReplaySummary:
-        parts = self._assign()
+    def run(self, progress: bool = False) -> ReplaySummary:
+        self._assign()
         eof: set[int] = set()
         last_new = time.monotonic()
-        bar = tqdm(desc="replay" if not self.options.dry_run else "dry run", unit="rec", disable=not progress)
+        bar = tqdm(desc="dry run" if self.options.dry_run else "replay", unit="rec", disable=not progress)
         try:
-            while not self.stop.is_set() and len(eof) < len(parts):
+            while not self.stop.is_set() and len(eof) < len(self.partitions):
                 if time.monotonic() - last_new > self.options.idle_timeout_s:
-                    log.info("nothing new for %.0fs: stopping", self.options.idle_timeout_s)
+                    log.info("nothing new for %.1fs: stopping", self.options.idle_timeout_s)
                     break
-                msgs = self.consumer.consume(self.options.chunk, timeout=0.5)
                 records = []
-                for m in msgs:
+                for m in self.consumer.consume(self.options.chunk, timeout=0.5):
                     err = m.error()
                     if err is not None:
                         if err.code() == KafkaError._PARTITION_EOF:
                             eof.add(m.partition() or 0)
                         else:
-                            log.warning("dead-letter topic: %s", err)
+                            log.warning("dead-letter topic: %s", err.str())
                         continue
                     eof.discard(m.partition() or 0)
                     records.append(m)
@@ -131,87 +202,81 @@ class Replay:
                 if not self._replay_chunk(records):
                     break
                 bar.update(len(records))
+        except KafkaException as exc:
+            self.summary.error = _kafka_reason(exc)
+            log.error("replay stopped: %s", self.summary.error)
         finally:
             bar.close()
             self.summary.interrupted = self.stop.is_set()
-            self.consumer.close()
         return self.summary
 
-    def _assign(self) -> list[int]:
-        topic = self.options.source_topic
-        md = self.consumer.list_topics(topic, timeout=10).topics.get(topic)
-        if md is None or md.error is not None or not md.partitions:
-            raise WorkerError(f"dead-letter topic {topic!r} not found ({md.error if md else 'no metadata'})")
-        parts = sorted(md.partitions)
-        committed = {tp.partition: tp.offset for tp in
-                     self.consumer.committed([TopicPartition(topic, p) for p in parts], timeout=10)}
-        if self.options.from_beginning:
-            committed = {}
+    def _assign(self) -> None:
+        topic, o = self.options.source_topic, self.options
+        committed: dict[int, int] = {}
+        if not o.from_beginning:
+            try:
+                done = self.consumer.committed([TopicPartition(topic, p) for p in self.partitions], timeout=10)
+            except KafkaException as exc:
+                raise WorkerError(f"cannot read where the replay group {o.group_id!r} stopped on {topic!r} "
+                                  f"({_kafka_reason(exc)}): check that the cluster is up, then run it again") from None
+            committed = {tp.partition: tp.offset for tp in done}
         starts = []
-        for p in parts:
-            offset = self.options.start_offsets.get(p, committed.get(p, -1))
+        for p in self.partitions:
+            offset = o.start_offsets.get(p, committed.get(p, -1))
             starts.append(TopicPartition(topic, p, offset if offset >= 0 else OFFSET_BEGINNING))
         self.consumer.assign(starts)
         log.info("reading %s from %s", topic, ", ".join(f"[{tp.partition}] {_where(tp.offset)}" for tp in starts))
-        return parts
 
-    def _replay_chunk(self, records: list[Message]) -> bool:
+    def _select(self, m: DeadLetter, headers: list[Header], cls: str) -> bool:
+        o = self.options
+        if o.error_classes and cls not in o.error_classes:
+            return False
+        _, ts = m.timestamp()
+        return not ((o.since_ms is not None and ts < o.since_ms) or (o.until_ms is not None and ts >= o.until_ms))
+
+    def _replay_chunk(self, records: list[DeadLetter]) -> bool:
         """Produce the selected records, wait for every acknowledgement, then commit the chunk.
         False when something was not acknowledged (nothing of this chunk is committed then)."""
         o, s = self.options, self.summary
-        failures: list[str] = []
+        acks = _Acks()
         produced = 0
         ends: dict[int, int] = {}
         for m in records:
             s.read += 1
             ends[m.partition() or 0] = (m.offset() or 0) + 1
-            headers: list[Header] = list(m.headers() or [])  # type: ignore[arg-type]
+            headers: list[Header] = list(m.headers() or [])
             cls = error_class(headers)
-            _, ts = m.timestamp()
-            if o.error_classes and cls not in o.error_classes:
-                continue
-            if (o.since_ms is not None and ts < o.since_ms) or (o.until_ms is not None and ts >= o.until_ms):
+            if not self._select(m, headers, cls):
                 continue
             s.selected += 1
             s.by_class[cls] += 1
+            if was_cut(headers):
+                s.not_replayable[cls] += 1  # its value is not the input's: re-producing it would lose data
+                continue
             count = replay_count(headers)
             if count >= o.max_replays:
                 s.loop_guard_skipped += 1
                 continue
-            if o.dry_run:
+            if o.dry_run or self.sender is None:
                 self._sample(cls, m, headers, count)
                 continue
-            self._produce(m, original_headers(headers, count + 1), failures.append)
+            record = Record(m.key(), m.value() or b"", original_headers(headers, count + 1))
+            self.sender.send(Outgoing(o.target_topic, "replay", record, acks))
             produced += 1
             self._pace()
-        if self.producer is not None and produced:
-            left = self.producer.flush(60)
-            if left or failures:
-                s.not_acknowledged += max(left, len(failures))
-                log.error("%d replayed records were not acknowledged (%s); this chunk is not committed: run the "
-                          "replay again to retry it", max(left, len(failures)), failures[:1] or "timeout")
+        if produced and self.sender is not None:
+            self.sender.flush(o.ack_timeout_s)
+            missing = produced - acks.n
+            if missing > 0:
+                s.not_acknowledged += missing
+                log.error("%d replayed records were not acknowledged within %.0fs; this chunk is not committed: "
+                          "run the replay again to retry it", missing, o.ack_timeout_s)
                 return False
             s.replayed += produced
         if not o.dry_run:
             offsets = [TopicPartition(o.source_topic, p, off) for p, off in ends.items()]
             self.consumer.commit(offsets=offsets, asynchronous=False)
         return True
-
-    def _produce(self, m: Message, headers: list[Header], on_error: Callable[[str], None]) -> None:
-        assert self.producer is not None
-
-        def delivered(err: KafkaError | None, _msg: Message) -> None:
-            if err is not None:
-                on_error(err.str())
-
-        while True:
-            try:
-                self.producer.produce(self.options.target_topic, value=m.value(), key=m.key(),
-                                      headers=headers, on_delivery=delivered)  # type: ignore[arg-type]
-                break
-            except BufferError:
-                self.producer.poll(0.1)
-        self.producer.poll(0)
 
     def _pace(self) -> None:
         """At most options.rate records a second, on average since the first."""
@@ -224,28 +289,84 @@ class Replay:
         if ahead > 0:
             self.stop.wait(ahead)
 
-    def _sample(self, cls: str, m: Message, headers: list[Header], count: int) -> None:
+    def _sample(self, cls: str, m: DeadLetter, headers: list[Header], count: int) -> None:
         taken = self.summary.samples.setdefault(cls, [])
         if len(taken) >= self.options.samples:
             return
         raw = dict(headers).get(ERROR_HEADER)
-        reason = orjson.loads(raw) if raw else {}
-        taken.append({"partition": m.partition(), "offset": m.offset(), "message": reason.get("message"),
+        try:
+            reason = orjson.loads(raw) if raw else {}
+        except orjson.JSONDecodeError:
+            reason = {}
+        taken.append({"partition": m.partition(), "offset": m.offset(),
+                      "message": reason.get("message") if isinstance(reason, dict) else None,
                       "replay_count": count, "value": (m.value() or b"")[:120].decode(errors="replace")})
+
+
+def _kafka_reason(exc: KafkaException) -> str:
+    err = exc.args[0] if exc.args else exc
+    return err.str() if isinstance(err, KafkaError) else str(err)
 
 
 def _where(offset: int) -> str:
     return "the beginning" if offset == OFFSET_BEGINNING else f"offset {offset}"
 
 
+def topic_partitions(metadata: Any, topic: str, *, what: str, setting: str) -> list[int]:
+    """The partitions of `topic` in cluster metadata, or a WorkerError saying it is missing."""
+    md = metadata.topics.get(topic)
+    if md is None or md.error is not None or not md.partitions:
+        why = md.error.str() if md is not None and md.error is not None else "no such topic"
+        raise WorkerError(f"{what} {topic!r} not found ({why}): check {setting}")
+    return sorted(md.partitions)
+
+
+@contextmanager
+def open_replay(k: KafkaSettings, options: ReplayOptions, stop: threading.Event | None = None,
+                *, reach_timeout_s: float = REACH_TIMEOUT_S) -> Iterator[Replay]:
+    """A Replay on real clients: dead letters are read where results go (kafka.output_bootstrap_servers,
+    else kafka.bootstrap_servers), originals go back where input comes from (kafka.bootstrap_servers),
+    through the worker's Publisher. Both clusters must answer within `reach_timeout_s`, and both
+    topics exist, before anything is read."""
+    dlq_side = k.model_copy(update={"bootstrap_servers": k.output_bootstrap_servers or k.bootstrap_servers})
+    input_side = k.model_copy(update={"output_bootstrap_servers": None})
+    cconf = {**consumer_conf(dlq_side), "group.id": options.group_id, "enable.partition.eof": True}
+    cconf.pop("statistics.interval.ms", None)
+    pconf = producer_conf(input_side)
+    source_md = ensure_reachable(cconf, timeout_s=reach_timeout_s, what="the dead-letter topic's brokers")
+    partitions = topic_partitions(source_md, options.source_topic, what="dead-letter topic",
+                                  setting="kafka.dead_letter_topic or --from")
+    unknown = sorted(set(options.start_offsets) - set(partitions))
+    if unknown:
+        raise WorkerError(f"--from-offset: {options.source_topic!r} has no partition {unknown[0]} "
+                          f"(it has {', '.join(map(str, partitions))})")
+    if not options.dry_run:
+        same = cconf["bootstrap.servers"] == pconf["bootstrap.servers"]
+        target_md = source_md if same else ensure_reachable(pconf, timeout_s=reach_timeout_s,
+                                                            what="the input topic's brokers")
+        topic_partitions(target_md, options.target_topic, what="topic to replay into",
+                         setting="kafka.input_topic or --to")
+    consumer = Consumer(cconf)
+    sender = None if options.dry_run else Publisher(pconf)
+    try:
+        yield Replay(options, consumer, sender, partitions, stop)
+    finally:
+        consumer.close()
+        if sender is not None:
+            sender.close(10)
+
+
 def format_summary(s: ReplaySummary, dry_run: bool) -> str:
     verb = "would replay" if dry_run else "replayed"
-    replayed = s.selected - s.loop_guard_skipped if dry_run else s.replayed
+    cut = sum(s.not_replayable.values())
+    replayed = s.selected - s.loop_guard_skipped - cut if dry_run else s.replayed
     lines = [f"read {s.read} dead letters; selected {s.selected}; {verb} {replayed}; "
-             f"skipped by the loop guard {s.loop_guard_skipped}; not acknowledged {s.not_acknowledged}"
-             + ("; interrupted" if s.interrupted else "")]
+             f"not replayable (value cut) {cut}; skipped by the loop guard {s.loop_guard_skipped}; "
+             f"not acknowledged {s.not_acknowledged}" + ("; interrupted" if s.interrupted else "")
+             + (f"; stopped: {s.error}" if s.error else "")]
     for cls, n in s.by_class.most_common():
-        lines.append(f"  {cls:<16} {n}")
+        note = f"  ({s.not_replayable[cls]} not replayable: value cut)" if s.not_replayable[cls] else ""
+        lines.append(f"  {cls:<16} {n}{note}")
         for sample in s.samples.get(cls, []):
             lines.append(f"    [{sample['partition']}]@{sample['offset']} {sample['message']}: {sample['value']!r}")
     return "\n".join(lines)

@@ -1,10 +1,32 @@
-"""Parse the replay's time and offset arguments, with errors that say what was expected."""
+"""Parse the replay's selection arguments (error classes, times, offsets), with errors that say
+what was expected."""
 
 from __future__ import annotations
 
+import difflib
 from datetime import UTC, datetime
 
 from worker.errors import WorkerError
+from worker.reasons import DEAD_LETTER_REASONS
+
+
+def parse_error_classes(values: list[str]) -> frozenset[str]:
+    """--error-class values, each one of the worker's dead-letter reasons."""
+    for value in values:
+        if value not in DEAD_LETTER_REASONS:
+            close = difflib.get_close_matches(value, DEAD_LETTER_REASONS, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise WorkerError(f"--error-class {value!r} is not an error class: {hint}use one of "
+                              f"{', '.join(DEAD_LETTER_REASONS)}")
+    return frozenset(values)
+
+
+def parse_window(since: str | None, until: str | None) -> tuple[int | None, int | None]:
+    """--since and --until in epoch milliseconds; --since must come before --until."""
+    start, end = parse_time(since), parse_time(until)
+    if start is not None and end is not None and start >= end:
+        raise WorkerError(f"--since {since} is not before --until {until}: nothing could be selected")
+    return start, end
 
 
 def parse_time(value: str | None) -> int | None:
