@@ -268,3 +268,18 @@ def test_local_broker_start_prints_no_librdkafka_line(capfd: pytest.CaptureFixtu
         b.create_topics(["t"], partitions=1)
     captured = capfd.readouterr()
     assert "%3|" not in captured.err and "%6|" not in captured.err and "FAIL" not in captured.err
+
+
+def test_produce_samples_counts_delivery_failures() -> None:
+    """The cluster goes away: every message fails after message.timeout.ms, and is counted as such."""
+    from worker.config import KafkaSettings
+    from worker.devtools.samples import input_producer_conf, produce_samples
+
+    with LocalBroker() as gone:
+        gone.create_topics(["t"], partitions=1)
+        k = KafkaSettings(bootstrap_servers=gone.bootstrap, input_topic="t", producer={"message.timeout.ms": "1000"})
+    report = produce_samples(input_producer_conf(k), "t", rate=0, count=5, stop=threading.Event(),
+                             flush_timeout_s=10)
+    assert (report.produced, report.delivered, report.failed, report.unconfirmed) == (5, 0, 5, 0)
+    assert report.summary() == "sent 0 messages (0 broken on purpose) to t"
+    assert report.problems() == f"5 not delivered (first: {report.first_error})" and report.first_error
