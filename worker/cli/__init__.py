@@ -3,7 +3,7 @@
 - run_cmds: run, demo, produce-samples
 - model_cmds: classify, export, evaluate, tune-thresholds
 - train_cmds: fine-tune, train-head
-- ops_cmds: replay-dead-letters
+- ops_cmds: replay-dead-letters, check, tail
 - options: the options and settings loading every command shares
 """
 
