@@ -109,8 +109,10 @@ def bind_problem(host: str, port: int, exc: OSError) -> str:
                 "or 0 for any")
     if exc.errno == errno.EACCES:
         return f"observe.port {port} needs privileges to listen on: {set_port} to 1024 or above, or 0 for any"
-    if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
-        return (f"observe.host {host!r} is not an address of this host ({exc.strerror}): set observe.host "
-                "(EMOTION_WORKER_OBSERVE__HOST) to one, or 0.0.0.0 for all, 127.0.0.1 for this host only")
+    set_host = "set observe.host (EMOTION_WORKER_OBSERVE__HOST) to an address of this host, or 0.0.0.0 for all"
+    if isinstance(exc, socket.gaierror):
+        return f"observe.host {host!r} cannot be resolved ({exc.strerror}): {set_host}"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"observe.host {host!r} is not an address of this host ({exc.strerror}): {set_host}"
     return (f"cannot serve metrics and health on {host}:{port} ({exc.strerror or exc}): check observe.host "
             "and observe.port (EMOTION_WORKER_OBSERVE__HOST, EMOTION_WORKER_OBSERVE__PORT)")
