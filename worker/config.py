@@ -162,7 +162,8 @@ class ModelSettings(Section):
     threshold: float | None = Field(ENGINE_DEFAULTS.threshold, ge=0.0, le=1.0)
     label_thresholds: dict[str, float] = Field(default_factory=dict)
     providers: list[str] = Field(default_factory=lambda: list(ENGINE_DEFAULTS.runtime.providers))
-    threads: int = Field(ENGINE_DEFAULTS.threads, ge=1, le=256)  # compute threads in all: match the cores the worker may use
+    # Compute threads in all: match the cores the worker may use.
+    threads: int = Field(ENGINE_DEFAULTS.threads, ge=1, le=256)
     # Model calls run side by side, threads // concurrent_calls cores each. On CPUs 2 beats 1 at every
     # batch size; use 1 with an accelerator (CUDA).
     concurrent_calls: int = Field(ENGINE_DEFAULTS.concurrent_calls, ge=1, le=64)

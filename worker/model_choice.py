@@ -11,8 +11,7 @@ from pathlib import Path
 
 from worker.config import ModelSettings
 from worker.default_model import BUILD_COMMAND, BUILD_EXTRA, default_embedder_dir
-from worker.engine.engine import EngineOptions
-from worker.engine.session import RuntimeOptions
+from worker.engine.options import EngineOptions, RuntimeOptions
 from worker.errors import ModelError
 from worker.model_pairing import check_pairing
 
@@ -59,6 +58,8 @@ def choose_models(settings: ModelSettings) -> ModelChoice:
 
 
 def engine_options(settings: ModelSettings) -> tuple[EngineOptions, str]:
+    """The one place the model settings become the engine's options (same names; the defaults are
+    the engine's, worker/engine/options.py), with a line saying which model is in use."""
     choice = choose_models(settings)
     options = EngineOptions(
         embedder=choice.embedder,
@@ -68,7 +69,7 @@ def engine_options(settings: ModelSettings) -> tuple[EngineOptions, str]:
         threshold=settings.threshold,
         thresholds_file=settings.thresholds_file,
         label_thresholds=dict(settings.label_thresholds),
-        max_batch_size=settings.batch_size,
+        call_batch_size=settings.call_batch_size,
         token_budget=settings.token_budget,
         call_overhead_tokens=settings.call_overhead_tokens,
         fold_head=settings.fold_head,

@@ -8,9 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# The fixed cost of one model call, in padded tokens: measured on 2 cores with a bge-small-shaped
-# model, a call costs about 4 ms (int8) to 8 ms (fp32) beyond its tokens, some 20-26 tokens' worth.
-CALL_OVERHEAD_TOKENS = 24
+from worker.engine.options import CALL_OVERHEAD_TOKENS
 
 
 @dataclass(frozen=True)

@@ -7,44 +7,26 @@ import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from worker.engine.batching import CALL_OVERHEAD_TOKENS, iter_batches
+from worker.engine.batching import iter_batches
 from worker.engine.cache import ResultCache
 from worker.engine.embedder import Embedder, Tokenized
 from worker.engine.fold import PROBABILITIES, fold_head
 from worker.engine.head import Head
+from worker.engine.options import EngineOptions as EngineOptions  # re-exported: callers import it from here
 from worker.engine.resolve import resolve_model_dir
 from worker.engine.result import ModelIdentity, Result, Timing
-from worker.engine.session import RuntimeOptions, open_session
+from worker.engine.session import open_session
 from worker.engine.thresholds import Thresholds
 from worker.errors import ModelError
 from worker.labels import LABELS
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EngineOptions:
-    embedder: str
-    head: str
-    max_length: int = 512
-    pooling: str = "auto"
-    threshold: float | None = None
-    label_thresholds: dict[str, float] = field(default_factory=dict)
-    max_batch_size: int = 16
-    token_budget: int = 4096
-    call_overhead_tokens: int = CALL_OVERHEAD_TOKENS
-    cache_size: int = 4096
-    fold_head: bool = True  # one session for encoder, pooling and head
-    thresholds_file: str | None = None  # replaces the head's thresholds.json
-    threads: int = 2  # compute threads in all
-    concurrent_calls: int = 2  # model calls run side by side, threads // concurrent_calls cores each
-    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
 
 
 class Engine:
@@ -155,7 +137,7 @@ class Engine:
         """
         batches = list(iter_batches(
             tokenized.ids,
-            max_batch_size=self.options.max_batch_size,
+            max_batch_size=self.options.call_batch_size,
             token_budget=self.options.token_budget,
             call_overhead_tokens=self.options.call_overhead_tokens,
             min_batches=self.options.concurrent_calls,

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnxruntime as ort
 
+from worker.engine.options import RuntimeOptions as RuntimeOptions  # re-exported: callers import it from here
 from worker.errors import ModelError
 
 GRAPH_LEVELS = {
@@ -15,16 +15,6 @@ GRAPH_LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
-
-
-@dataclass(frozen=True)
-class RuntimeOptions:
-    """How onnxruntime runs the models."""
-
-    intra_op_threads: int = 2
-    graph_optimization: str = "all"
-    providers: tuple[str, ...] = ("CPUExecutionProvider",)
-    extra_session_config: dict[str, str] = field(default_factory=dict)
 
 
 def check_providers(providers: tuple[str, ...]) -> list[str]:
