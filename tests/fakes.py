@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaError, TopicPartition
 
 from worker.engine.result import ModelIdentity, Result, Timing
 from worker.labels import LABELS
@@ -50,16 +50,37 @@ class FakeMessage:
         return self.value_
 
 
+@dataclass
+class FakeErrorMessage(FakeMessage):
+    """What the consumer hands out for a client error instead of a message."""
+
+    error_: KafkaError | None = None
+
+    def error(self) -> KafkaError | None:  # type: ignore[override]
+        return self.error_
+
+
+def fatal_error(topic: str = "in") -> FakeErrorMessage:
+    return FakeErrorMessage(topic, 0, -1, None, KafkaError(KafkaError._FATAL, "fenced by a newer member", fatal=True))
+
+
 def chat(topic: str, partition: int, offset: int) -> FakeMessage:
     return FakeMessage(topic, partition, offset, orjson.dumps({"id": f"{partition}:{offset}", "text": f"hi {offset}"}))
 
 
 @dataclass
 class FakeConsumer:
-    """Hands out queued messages of unpaused partitions; records commits, pauses and resumes."""
+    """Hands out queued messages of unpaused partitions; records commits, pauses and resumes.
+
+    Like librdkafka, an asynchronous commit's outcome reaches `on_commit` at the next poll or
+    consume; `fail_async_commits` of them (the next ones) fail there, with the broker's error."""
 
     queued: list[FakeMessage] = field(default_factory=list)
-    commits: list[tuple[dict[tuple[str, int], int], bool]] = field(default_factory=list)
+    commits: list[tuple[dict[tuple[str, int], int], bool]] = field(default_factory=list)  # every request
+    confirmed: dict[tuple[str, int], int] = field(default_factory=dict)  # what the broker took
+    on_commit: Callable[[KafkaError | None, list[TopicPartition]], None] | None = None
+    fail_async_commits: int = 0
+    _reports: list[tuple[KafkaError | None, list[TopicPartition]]] = field(default_factory=list)
     paused: set[tuple[str, int]] = field(default_factory=set)
     pause_calls: int = 0
     resume_calls: int = 0
@@ -75,7 +96,14 @@ class FakeConsumer:
     def _ready(self) -> list[FakeMessage]:
         return [m for m in self.queued if (m.topic_, m.partition_) not in self.paused]
 
+    def _serve_reports(self) -> None:
+        reports, self._reports = self._reports, []
+        for err, partitions in reports:
+            if self.on_commit is not None:
+                self.on_commit(err, partitions)
+
     def poll(self, timeout: float) -> FakeMessage | None:
+        self._serve_reports()
         ready = self._ready()
         if not ready:
             return None
@@ -83,20 +111,27 @@ class FakeConsumer:
         return ready[0]
 
     def consume(self, num_messages: int, timeout: float) -> list[FakeMessage]:
+        self._serve_reports()
         taken = self._ready()[:num_messages]
         for m in taken:
             self.queued.remove(m)
         return taken
 
-    def commit(self, *, offsets: list[TopicPartition], asynchronous: bool = True) -> None:
-        self.commits.append(({(tp.topic, tp.partition): tp.offset for tp in offsets}, asynchronous))
+    def commit(self, *, offsets: list[TopicPartition], asynchronous: bool = True) -> list[TopicPartition] | None:
+        requested = {(tp.topic, tp.partition): tp.offset for tp in offsets}
+        self.commits.append((requested, asynchronous))
+        reported = [TopicPartition(tp.topic, tp.partition, tp.offset) for tp in offsets]
+        if asynchronous and self.fail_async_commits > 0:
+            self.fail_async_commits -= 1
+            self._reports.append((KafkaError(KafkaError.REBALANCE_IN_PROGRESS), reported))
+            return None
+        self.confirmed.update(requested)
+        self._reports.append((None, reported))
+        return None if asynchronous else reported
 
     def committed(self) -> dict[tuple[str, int], int]:
-        """The latest committed offset per partition."""
-        out: dict[tuple[str, int], int] = {}
-        for offsets, _ in self.commits:
-            out.update(offsets)
-        return out
+        """The latest offset per partition that the broker took."""
+        return dict(self.confirmed)
 
     def pause(self, partitions: list[TopicPartition]) -> None:
         self.pause_calls += 1
@@ -116,6 +151,11 @@ class FakeSender:
     def __init__(self) -> None:
         self.sent: list[Outgoing] = []
         self._lock = threading.Lock()
+        self.started = self.closed = False
+        self.threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        self.started = True
 
     def send(self, item: Outgoing) -> None:
         if item.wanted():
@@ -135,8 +175,9 @@ class FakeSender:
             assert time.monotonic() < deadline, f"only {len(self.sent)} of {n} records were sent"
             time.sleep(0.005)
 
-    def close(self, timeout: float) -> int:
-        return 0
+    def close(self, timeout: float) -> bool:
+        self.closed = True
+        return True
 
     def healthy(self) -> bool:
         return True

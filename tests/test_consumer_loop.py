@@ -1,5 +1,6 @@
 """The consumer loop's rules, in-process: a fake consumer and a fake publisher around the real
-loop, offset tracker, decoding, batching, inference threads, ordered release and outputs."""
+stream (assembled from settings, started and closed as `run` does): loop, commit ledger, offset
+tracker, decoding, batching, inference threads, ordered release and outputs."""
 
 from __future__ import annotations
 
@@ -12,24 +13,32 @@ from worker.config import BatchingSettings, KafkaSettings, Settings
 from worker.observe.health import Health
 from worker.observe.metrics import Metrics
 from worker.stream.assemble import assemble
-from worker.stream.consumer_loop import ConsumerLoop
+from worker.stream.consumer_loop import ConsumerLoop, OnCommit
+from worker.stream.lifecycle import ExitStatus, Stream
 
-from .fakes import FakeClassifier, FakeConsumer, FakeMessage, FakeSender, chat
+from .fakes import FakeClassifier, FakeConsumer, FakeMessage, FakeSender, chat, fatal_error
 
 P0, P1 = ("in", 0), ("in", 1)
 
 
 class Rig:
-    def __init__(self, max_in_flight: int = 1000) -> None:
-        settings = Settings(kafka=KafkaSettings(input_topic="in", output_topic="out", dead_letter_topic="dlq"),
-                            batching=BatchingSettings(max_in_flight=max_in_flight, max_wait_ms=0),
-                            shutdown_timeout_s=2)
+    def __init__(self, max_in_flight: int = 1000, *, start: bool = True) -> None:
+        settings = Settings(kafka=KafkaSettings(input_topic="in", output_topic="out", dead_letter_topic="dlq",
+                                                max_in_flight=max_in_flight),
+                            batching=BatchingSettings(max_wait_ms=0), shutdown_timeout_s=2)
         self.consumer = FakeConsumer()
         self.sender = FakeSender()
         self.metrics = Metrics()
-        self.loop: ConsumerLoop = assemble(settings, FakeClassifier(), self.metrics, Health(30),
-                                           consumer=self.consumer, sender=self.sender)
-        self.loop.subscribe()
+
+        def make_consumer(on_commit: OnCommit) -> FakeConsumer:
+            self.consumer.on_commit = on_commit
+            return self.consumer
+
+        self.stream: Stream = assemble(settings, FakeClassifier(), self.metrics, Health(30),
+                                       make_consumer=make_consumer, sender=self.sender)
+        self.loop: ConsumerLoop = self.stream.loop
+        if start:
+            self.stream.start()
 
     def feed(self, *messages: FakeMessage) -> None:
         """Queue messages and run the loop until the consumer has handed them all out."""
@@ -46,7 +55,7 @@ class Rig:
 def rig() -> Iterator[Rig]:
     r = Rig()
     yield r
-    r.loop.processing.join(1)
+    r.stream.processing.close(1)
 
 
 def test_commits_never_pass_an_unacknowledged_offset(rig: Rig) -> None:
@@ -115,7 +124,7 @@ def test_pause_at_the_in_flight_bound_and_resume_at_half() -> None:
         rig.loop.run_once(wait_s=0)
         assert not rig.consumer.queued and rig.loop.tracker.unfinished() == 3
     finally:
-        rig.loop.processing.join(1)
+        rig.stream.processing.close(1)
 
 
 def test_redelivered_messages_are_skipped_not_processed_twice(rig: Rig) -> None:
@@ -159,5 +168,84 @@ def test_shutdown_drains_flushes_commits_and_closes(rig: Rig) -> None:
     rig.feed(*(chat("in", 0, off) for off in range(3)))
     rig.sender.wait_for(3)
     threading.Timer(0.2, rig.sender.ack, args=(0, 1, 2)).start()
-    assert rig.loop.shutdown() == 0
-    assert rig.consumer.commits[-1] == ({P0: 3}, False) and rig.consumer.closed
+    assert rig.stream.close(2) and rig.stream.exit_status() == ExitStatus.CLEAN
+    assert rig.consumer.commits[-1] == ({P0: 3}, False) and rig.consumer.closed and rig.sender.closed
+
+
+def _acked(rig: Rig, n: int) -> None:
+    """Partition 0 assigned, offsets 0..n-1 consumed and acknowledged."""
+    rig.consumer.rebalance("assign", P0)
+    rig.feed(*(chat("in", 0, off) for off in range(n)))
+    rig.sender.wait_for(n)
+    rig.sender.ack(*range(n))
+
+
+def test_a_failed_async_commit_leaves_the_partition_due(rig: Rig) -> None:
+    _acked(rig, 3)
+    rig.consumer.fail_async_commits = 1
+    assert rig.commit() == {}  # requested; the broker's refusal arrives with the next poll
+    rig.loop.run_once(wait_s=0)
+    assert rig.commit() == {P0: 3}, "the partition went idle after a failed commit and was never committed"
+    assert rig.metrics.commit_failures._value.get() == 1
+
+
+def test_revoke_commits_what_a_failed_async_commit_left(rig: Rig) -> None:
+    _acked(rig, 3)
+    rig.consumer.fail_async_commits = 1
+    rig.loop.commit()
+    rig.loop.run_once(wait_s=0)
+    rig.consumer.rebalance("revoke", P0)
+    assert rig.consumer.commits[-1] == ({P0: 3}, False) and rig.consumer.committed() == {P0: 3}
+
+
+def test_shutdown_commits_what_a_failed_async_commit_left(rig: Rig) -> None:
+    _acked(rig, 3)
+    rig.consumer.fail_async_commits = 1
+    rig.loop.commit()
+    rig.loop.run_once(wait_s=0)
+    assert rig.stream.close(1)
+    assert rig.consumer.commits[-1] == ({P0: 3}, False) and rig.consumer.committed() == {P0: 3}
+
+
+def test_a_commit_in_flight_or_confirmed_is_not_asked_again(rig: Rig) -> None:
+    _acked(rig, 3)
+    rig.loop.commit()
+    rig.loop.commit()  # its report has not come yet: not asked twice
+    rig.loop.run_once(wait_s=0)  # confirmed
+    rig.loop.commit()
+    assert rig.consumer.commits == [({P0: 3}, True)]
+
+
+def test_nothing_starts_before_start_and_close_stops_what_started() -> None:
+    rig = Rig(start=False)
+    assert not rig.sender.started and rig.consumer.callbacks == {}
+    assert not any(t.is_alive() for t in rig.stream.processing.threads)
+    rig.stream.start()
+    assert rig.sender.started and rig.consumer.callbacks and all(t.is_alive() for t in rig.stream.processing.threads)
+    assert rig.stream.close(1) and rig.stream.exit_status() == ExitStatus.CLEAN
+    assert rig.sender.closed and rig.consumer.closed
+    assert not any(t.is_alive() for t in rig.stream.processing.threads)
+
+
+def test_a_run_that_stops_with_work_unfinished_exits_non_zero(rig: Rig) -> None:
+    rig.consumer.rebalance("assign", P0)
+    rig.feed(*(chat("in", 0, off) for off in range(3)))
+    rig.sender.wait_for(3)
+    rig.sender.ack(0)  # 1 and 2 are never acknowledged
+    assert not rig.stream.close(0.5)
+    assert rig.stream.exit_status() == ExitStatus.UNFINISHED == 1
+    assert rig.consumer.commits[-1] == ({P0: 1}, False)  # what was done is committed all the same
+
+
+def test_a_fatal_consumer_error_ends_the_run_with_its_own_exit_status() -> None:
+    rig = Rig(start=False)
+    rig.consumer.queued.append(fatal_error())
+    stop = threading.Event()
+    timer = threading.Timer(5, stop.set)  # the run must end by itself, long before this
+    timer.start()
+    try:
+        status = rig.stream.run(stop)
+    finally:
+        timer.cancel()
+    assert not stop.is_set() and status == ExitStatus.FATAL == 3
+    assert rig.consumer.closed and rig.sender.closed

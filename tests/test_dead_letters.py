@@ -13,7 +13,6 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from worker.config import KafkaSettings
-from worker.stream.decode import Envelope, Rejected, Source
 from worker.stream.kafka_conf import DEFAULT_MESSAGE_MAX_BYTES, idempotent_producer_conf, max_message_bytes
 from worker.stream.publish import Outgoing, Publisher
 from worker.stream.records import (
@@ -25,6 +24,7 @@ from worker.stream.records import (
     shrink_dead_letter,
     was_cut,
 )
+from worker.stream.types import Envelope, Rejected, Source
 
 SRC = Source("chat", 2, 41, 1_700_000_000_000)
 BIG = b'{"id": "big", "text": "' + b"x" * 80_000 + b'"}'

@@ -7,8 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.stream.decode import ChatMessage, Envelope, Rejected, Source, decode
+from worker.stream.decode import decode
 from worker.stream.records import dead_letter_record
+from worker.stream.types import ChatMessage, Envelope, Rejected, Source
 
 SRC = Source("chat", 2, 41, 1_700_000_000_000)
 

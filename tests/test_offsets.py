@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from worker.stream.offsets import OffsetTracker, Ticket
+from worker.stream.offsets import OffsetTracker
+from worker.stream.types import Ticket
 
 
 def reg(tracker: OffsetTracker, tp: tuple[str, int], offset: int) -> Ticket:

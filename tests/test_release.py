@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import random
 
-from worker.stream.offsets import OffsetTracker, Ticket
+from worker.stream.offsets import OffsetTracker
 from worker.stream.release import OrderedRelease
+from worker.stream.types import Ticket
 
 
 def reg(tracker: OffsetTracker, tp: tuple[str, int], offset: int) -> Ticket:
@@ -22,10 +23,9 @@ def expect(tracker: OffsetTracker, release: OrderedRelease[Ticket, str], offsets
     return tickets
 
 
-def make(tracker: OffsetTracker | None = None) -> tuple[OrderedRelease[Ticket, str], list[tuple[Ticket, str]]]:
+def make() -> tuple[OrderedRelease[Ticket, str], list[tuple[Ticket, str]]]:
     out: list[tuple[Ticket, str]] = []
-    current = tracker.is_current if tracker is not None else (lambda _t: True)
-    return OrderedRelease(lambda t: t, lambda t, r: out.append((t, r)), current), out
+    return OrderedRelease(lambda t: t, lambda t, r: out.append((t, r))), out
 
 
 def test_out_of_order_results_leave_in_partition_order() -> None:
@@ -59,7 +59,7 @@ def test_a_partition_waits_only_for_its_own_earlier_messages() -> None:
 def test_revoked_partition_is_forgotten_and_late_results_ignored() -> None:
     tracker = OffsetTracker()
     tracker.assign(("in", 0))
-    release, out = make(tracker)
+    release, out = make()
     old = expect(tracker, release, [0, 1, 2])
     release.result_ready(old[1], "late")
     assert release.forget(("in", 0)) == 3
@@ -75,19 +75,23 @@ def test_revoked_partition_is_forgotten_and_late_results_ignored() -> None:
 
 def test_reassigned_without_revoke_old_work_never_blocks_new() -> None:
     """A broker that lost its state hands the partition out again (and offsets restart at 0): the
-    old assignment's unfinished messages must not hold back the new one's."""
+    old assignment's unfinished messages must not hold back the new one's. The release applies no
+    staleness rule: the old ones leave when their (stale) outcomes come, and count for nothing."""
     tracker = OffsetTracker()
     tracker.assign(("in", 0))
-    release, out = make(tracker)
+    release, out = make()
     stuck = expect(tracker, release, [500, 501])
     tracker.assign(("in", 0))
     fresh = expect(tracker, release, [0, 1])
     assert tracker.unfinished() == 2  # the old assignment's two are void
     release.result_ready(fresh[1], "b")
     release.result_ready(fresh[0], "a")
-    assert out == [(fresh[0], "a"), (fresh[1], "b")]
+    assert out == [(fresh[0], "a"), (fresh[1], "b")] and release.waiting() == 2
+    release.result_ready(stuck[1], "stale")
     release.result_ready(stuck[0], "stale")
-    assert out == [(fresh[0], "a"), (fresh[1], "b")] and release.waiting() == 0
+    assert out[2:] == [(stuck[0], "stale"), (stuck[1], "stale")] and release.waiting() == 0
+    assert not tracker.acknowledge(stuck[0]) and not tracker.acknowledge(stuck[1])  # the gate
+    assert tracker.commit_points() == {}
 
 
 def test_reassigned_while_consumer_keeps_its_position_loses_nothing() -> None:
@@ -96,7 +100,7 @@ def test_reassigned_while_consumer_keeps_its_position_loses_nothing() -> None:
     and counted, and nothing may be committed past it."""
     tracker = OffsetTracker()
     tracker.assign(("in", 0))
-    release, out = make(tracker)
+    release, out = make()
     flying = expect(tracker, release, [10, 11])
     tracker.assign(("in", 0))
     after = reg(tracker, ("in", 0), 12)
@@ -115,7 +119,7 @@ def test_redelivery_never_strands_a_partition() -> None:
     so it cannot leave a second copy queued behind the first that no result will ever reach."""
     tracker = OffsetTracker()
     tracker.assign(("in", 0))
-    release, out = make(tracker)
+    release, out = make()
     a, b = reg(tracker, ("in", 0), 0), reg(tracker, ("in", 0), 1)
     release.expect(a)
     release.expect(b)
@@ -127,3 +131,18 @@ def test_redelivery_never_strands_a_partition() -> None:
     release.result_ready(b, "b")
     assert out == [(a, "a"), (b, "b"), (c, "c")]
     assert release.waiting() == 0
+
+
+def test_forgotten_partition_leaks_nothing_and_late_results_are_ignored() -> None:
+    release, out = make()
+    tickets = [Ticket(("in", 0), off, 1) for off in range(3)]
+    for t in tickets:
+        release.expect(t)
+    release.result_ready(tickets[2], "c")
+    assert release.forget(("in", 0)) == 3 and release.waiting() == 0
+    for t in tickets:
+        release.result_ready(t, "late")
+    again = Ticket(("in", 0), 0, 2)
+    release.expect(again)
+    release.result_ready(again, "fresh")
+    assert out == [(again, "fresh")] and release.waiting() == 0 and release.describe() == {}

@@ -20,7 +20,6 @@ import pytest
 from testkit.cli import CliResult, run_cli
 from testkit.kafka import ROOT, Topics, produce, read_all, start_worker, worker_env
 from worker.devtools.broker import LocalBroker
-from worker.stream.decode import Envelope, Rejected, Source
 from worker.stream.records import (
     ERROR_CLASS_HEADER,
     REPLAY_COUNT_HEADER,
@@ -28,6 +27,7 @@ from worker.stream.records import (
     cut_value,
     dead_letter_record,
 )
+from worker.stream.types import Envelope, Rejected, Source
 
 
 def replay(env: dict[str, str], *args: str) -> CliResult:

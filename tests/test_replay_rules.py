@@ -15,7 +15,6 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from worker.ops.replay import Replay, ReplayOptions, ReplaySummary, format_summary
-from worker.stream.decode import Envelope, Header, Rejected, Source
 from worker.stream.publish import Outgoing
 from worker.stream.records import (
     ERROR_HEADER,
@@ -24,6 +23,7 @@ from worker.stream.records import (
     cut_value,
     dead_letter_record,
 )
+from worker.stream.types import Envelope, Header, Rejected, Source
 
 DLQ, TARGET = "dlq", "chat"
 T0 = 1_800_000_000_000  # the dead letters' Kafka timestamps are T0 + offset * 1000

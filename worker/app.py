@@ -12,7 +12,7 @@ from types import FrameType
 
 import orjson
 
-from worker.config import Settings, is_secret, redact
+from worker.config import Settings, deprecations, is_secret, redact
 from worker.engine.engine import Engine
 from worker.model_choice import engine_options
 from worker.observe.health import Health, ObserveServer
@@ -48,9 +48,11 @@ def run_worker(settings: Settings, *, config_path: Path | None = None, stop_even
     check_client_configs(settings)  # librdkafka refuses a property: one line each, before the model loads
     from worker.reload import ThresholdReloader
     from worker.stream.assemble import assemble
-    from worker.stream.consumer_loop import ConsumerLoop
+    from worker.stream.lifecycle import Stream
 
     setup_logging(settings.observe.log_level, settings.observe.log_json, secrets_of(settings))
+    for line in deprecations(settings):
+        log.warning("%s", line)
     # First: a port in use (a second worker on this host) ends the run with one line, before the
     # model loads and before any signal handler is installed.
     metrics = Metrics()
@@ -60,7 +62,7 @@ def run_worker(settings: Settings, *, config_path: Path | None = None, stop_even
     health.brokers_check = lambda: brokers_reachable(k.bootstrap_servers,
                                                      k.output_bootstrap_servers or k.bootstrap_servers)
     stop_event = stop_event if stop_event is not None else threading.Event()
-    running: list[ConsumerLoop] = []
+    running: list[Stream] = []
     reloaders: list[ThresholdReloader] = []
 
     def log_state() -> None:
@@ -108,10 +110,10 @@ def run_worker(settings: Settings, *, config_path: Path | None = None, stop_even
         if stop_event.is_set():
             return 0
         log.info("%s", startup_line(settings, engine))
-        loop = assemble(settings, engine, metrics, health)
-        running.append(loop)
+        stream = assemble(settings, engine, metrics, health)
+        running.append(stream)
         log.debug("kafka properties: common %s, consumer %s, producer %s", redact(k.common), redact(k.consumer),
                   redact(k.producer))
-        return loop.run(stop_event)
+        return stream.run(stop_event)  # the exit status: 0 clean, 1 work left to redo, 3 fatal Kafka error
     finally:
         server.stop()

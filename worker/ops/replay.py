@@ -227,7 +227,8 @@ class Replay:
         self.consumer.assign(starts)
         log.info("reading %s from %s", topic, ", ".join(f"[{tp.partition}] {_where(tp.offset)}" for tp in starts))
 
-    def _select(self, m: DeadLetter, headers: list[Header], cls: str) -> bool:
+    def _select(self, m: DeadLetter, cls: str) -> bool:
+        """By error class and by when it was dead-lettered (the dead letter's Kafka timestamp)."""
         o = self.options
         if o.error_classes and cls not in o.error_classes:
             return False
@@ -246,7 +247,7 @@ class Replay:
             ends[m.partition() or 0] = (m.offset() or 0) + 1
             headers: list[Header] = list(m.headers() or [])
             cls = error_class(headers)
-            if not self._select(m, headers, cls):
+            if not self._select(m, cls):
                 continue
             s.selected += 1
             s.by_class[cls] += 1

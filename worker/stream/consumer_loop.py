@@ -1,13 +1,16 @@
-"""The consumer loop: the only code that touches the Kafka consumer. It polls, registers each
-message with the offset tracker and submits it to processing; handles assignment, revocation and
-loss; pauses at the in-flight bound and resumes at half of it; commits what is acknowledged.
+"""The consumer loop: the only code that touches the Kafka consumer. It creates the consumer,
+polls, registers each message with the offset tracker and submits it downstream; handles
+assignment, revocation and loss; pauses at the in-flight bound and resumes at half of it; commits
+what is acknowledged (and, through the commit ledger, knows what the broker really took); closes
+the consumer.
 
-    poll -> tracker.register (a redelivery is skipped) -> processing.submit
+    poll -> tracker.register (a redelivery is skipped) -> downstream.submit
     assign -> track | revoke -> drain, commit, forget | lost -> forget, commit nothing
-    every loop: back-pressure; every commit interval: commit the tracker's commit points
+    every loop: back-pressure; every commit interval: commit what is due (worker.stream.commits)
 
 Polling never waits for inference, so a long batch cannot exceed max.poll.interval.ms. The
-consumer and processing are passed in: tests drive the loop in-process with small fakes.
+consumer (through a factory) and what is downstream are passed in: tests drive the loop in-process
+with small fakes. A fatal consumer error ends `run`; `fatal` says which.
 """
 
 from __future__ import annotations
@@ -21,19 +24,19 @@ from typing import Any, Literal, Protocol, overload
 
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
-from worker.config import Settings
 from worker.observe.health import Health
 from worker.observe.metrics import Metrics
-from worker.stream.decode import Envelope, Source
-from worker.stream.offsets import OffsetTracker, PartitionId, Ticket
+from worker.stream.commits import CommitLedger
+from worker.stream.offsets import OffsetTracker
+from worker.stream.types import Envelope, PartitionId, Source, Ticket
 
 log = logging.getLogger(__name__)
 
 POLL_BATCH = 500  # messages taken from the consumer's queue per loop turn
 POLL_WAIT_S = 0.05  # poll() returns as soon as one message is there; this is the idle wait
-REVOKE_DRAIN_S = 10.0  # longest a revoke waits for the partition's in-flight work
 
 Rebalance = Callable[[Any, list[TopicPartition]], None]
+OnCommit = Callable[[KafkaError | None, list[TopicPartition]], None]
 
 
 class KafkaConsumer(Protocol):
@@ -59,88 +62,99 @@ class KafkaConsumer(Protocol):
     def close(self) -> None: ...
 
 
-class Processing(Protocol):
+class Downstream(Protocol):
     """Where consumed messages go (worker.stream.processing.Processing)."""
 
     def submit(self, ticket: Ticket, envelope: Envelope) -> None: ...
 
     def forget(self, tp: PartitionId) -> None: ...
 
-    def join(self, timeout: float) -> int: ...
-
-    def describe(self) -> dict[str, object]: ...
-
 
 @dataclass(frozen=True)
 class LoopOptions:
     input_topic: str
-    max_in_flight: int
+    max_in_flight: int  # consumed but unacknowledged messages; at this bound the partitions pause
     commit_interval_s: float
-    shutdown_timeout_s: float
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> LoopOptions:
-        k = settings.kafka
-        return cls(k.input_topic, settings.batching.max_in_flight, k.commit_interval_ms / 1000,
-                   settings.shutdown_timeout_s)
+    revoke_timeout_s: float  # longest a revoke waits for the partitions' in-flight work
 
 
 class ConsumerLoop:
-    def __init__(self, consumer: KafkaConsumer, processing: Processing, tracker: OffsetTracker,
-                 options: LoopOptions, metrics: Metrics, health: Health) -> None:
-        self.consumer = consumer
-        self.processing = processing
+    def __init__(self, make_consumer: Callable[[OnCommit], KafkaConsumer], downstream: Downstream,
+                 tracker: OffsetTracker, options: LoopOptions, metrics: Metrics, health: Health) -> None:
+        """`make_consumer(on_commit)`: the consumer, with `on_commit` as its commit callback; called
+        by `start`. The loop writes the health facts it owns: the poll beat and group membership."""
+        self._make_consumer = make_consumer
+        self._consumer: KafkaConsumer | None = None
+        self.downstream = downstream
         self.tracker = tracker
         self.options = options
         self.metrics = metrics
         self.health = health
+        self.ledger = CommitLedger()
+        self.fatal: KafkaError | None = None  # the fatal consumer error that ended `run`
         self._paused: set[PartitionId] = set()
         self._redelivering: set[PartitionId] = set()  # partitions inside a run of redelivered messages
-        self._last_committed: dict[PartitionId, int] = {}
         self._last_commit = time.monotonic()
 
-    # ---- run --------------------------------------------------------------------------------
-    def subscribe(self) -> None:
-        self.consumer.subscribe([self.options.input_topic], on_assign=self._on_assign,
-                                on_revoke=self._on_revoke, on_lost=self._on_lost)
+    @property
+    def consumer(self) -> KafkaConsumer:
+        if self._consumer is None:
+            raise RuntimeError("the consumer loop is not started")
+        return self._consumer
 
-    def run(self, stop: threading.Event) -> int:
-        """Consume until `stop` is set; then drain, flush, commit and close. Returns 0."""
-        self.subscribe()
-        while not stop.is_set():
+    # ---- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        """Create the consumer and join the group (assignment comes with the next polls)."""
+        self._consumer = self._make_consumer(self._on_commit)
+        self._consumer.subscribe([self.options.input_topic], on_assign=self._on_assign,
+                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
+
+    def run(self, stop: threading.Event) -> None:
+        """Poll until `stop` is set or a fatal consumer error (`fatal`)."""
+        while not stop.is_set() and self.fatal is None:
             self.run_once()
-        return self.shutdown()
 
     def run_once(self, wait_s: float = POLL_WAIT_S) -> None:
-        first = self.consumer.poll(wait_s)
-        if first is not None:  # then drain what is already queued, without waiting
-            for msg in [first, *self.consumer.consume(num_messages=POLL_BATCH - 1, timeout=0)]:
-                self._take(msg)
+        try:
+            first = self.consumer.poll(wait_s)
+            if first is not None:  # then drain what is already queued, without waiting
+                self._take(first)
+                for msg in self.consumer.consume(num_messages=POLL_BATCH - 1, timeout=0):
+                    self._take(msg)
+        except KafkaException as exc:
+            self._client_error(exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None, exc)
         self.health.beat()
         self._backpressure()
         if time.monotonic() - self._last_commit >= self.options.commit_interval_s:
             self.commit()
 
-    def shutdown(self) -> int:
-        deadline = time.monotonic() + self.options.shutdown_timeout_s
-        self.health.stopping = True
-        log.info("stopping: draining %d in-flight messages", self.tracker.unfinished())
-        drained = self.tracker.wait_drained(None, max(0.0, deadline - time.monotonic() - 1.0))
-        left = self.processing.join(max(0.1, deadline - time.monotonic() - 0.5))
-        self.commit(asynchronous=False)
-        if not drained or left:
-            log.warning("stopped with %d messages unfinished; they were not committed and will be redone",
-                        self.tracker.unfinished())
-        self.consumer.close()
-        log.info("stopped")
-        return 0
+    def close(self, timeout: float) -> bool:
+        """Commit what is due, synchronously, then close the consumer (leaving the group). True when
+        every acknowledged offset is committed. (`timeout` is librdkafka's to keep: a synchronous
+        commit waits for the broker's answer.)"""
+        if self._consumer is None:
+            return True
+        committed = self.commit(asynchronous=False)
+        try:
+            self._consumer.close()
+        except (KafkaException, RuntimeError) as exc:  # fatal, or closed already
+            log.warning("closing the consumer: %s", exc)
+        self._consumer = None
+        return committed
+
+    def _client_error(self, err: KafkaError | None, exc: object) -> None:
+        if err is not None and err.fatal():
+            self.fatal = err
+            log.error("kafka consumer: fatal error, stopping: %s", err.str())
+        else:
+            log.warning("kafka consumer: %s", exc)
 
     # ---- consume ----------------------------------------------------------------------------
     def _take(self, msg: Message) -> None:
         err = msg.error()
         if err is not None:
             if err.code() != KafkaError._PARTITION_EOF:
-                log.warning("consumer error: %s", err)
+                self._client_error(err, err)
             return
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
         if topic is None or partition is None or offset is None:
@@ -159,7 +173,7 @@ class ConsumerLoop:
         ts_type, ts = msg.timestamp()
         envelope = Envelope(source=Source(topic, partition, offset, ts if ts_type != 0 else None), key=msg.key(),
                             headers=list(msg.headers() or []), value=msg.value())  # type: ignore[arg-type]
-        self.processing.submit(ticket, envelope)
+        self.downstream.submit(ticket, envelope)
 
     # ---- rebalance --------------------------------------------------------------------------
     def _on_assign(self, _consumer: object, partitions: list[TopicPartition]) -> None:
@@ -174,7 +188,7 @@ class ConsumerLoop:
         """Give the partitions' in-flight work a moment to finish, commit it, then let go."""
         tps = [(p.topic, p.partition) for p in partitions]
         self.metrics.rebalances.labels(kind="revoke").inc()
-        timeout = min(REVOKE_DRAIN_S, self.options.shutdown_timeout_s)
+        timeout = self.options.revoke_timeout_s
         if not self.tracker.wait_drained(tps, timeout):
             log.warning("revoke: in-flight work of %s not done in %.0fs; abandoning it (it will be redone "
                         "by the next owner)", _names(partitions), timeout)
@@ -194,32 +208,51 @@ class ConsumerLoop:
         self.metrics.assigned.set(len(self.tracker.assigned()))
 
     def _let_go(self, tp: PartitionId) -> int:
-        self.processing.forget(tp)
+        self.downstream.forget(tp)
         self._paused.discard(tp)
-        self._last_committed.pop(tp, None)
+        self.ledger.forget(tp)
         return self.tracker.forget(tp)
 
     # ---- commit and back-pressure -----------------------------------------------------------
-    def commit(self, tps: list[PartitionId] | None = None, *, asynchronous: bool = True) -> None:
-        """Commit each partition's first unacknowledged offset, where it moved since the last commit."""
+    def commit(self, tps: list[PartitionId] | None = None, *, asynchronous: bool = True) -> bool:
+        """Commit each partition's first unacknowledged offset where it is due: not yet confirmed by
+        the broker (nor, for an asynchronous commit, already on its way). False when a synchronous
+        commit, or the handing over of an asynchronous one, failed."""
         self._last_commit = time.monotonic()
-        points = self.tracker.commit_points(tps)
-        todo = [TopicPartition(t, p, off) for (t, p), off in points.items() if self._last_committed.get((t, p)) != off]
-        if not todo:
-            return
+        due = self.ledger.due(self.tracker.commit_points(tps), synchronous=not asynchronous)
+        if not due:
+            return True
+        offsets = [TopicPartition(t, p, off) for (t, p), off in due.items()]
         try:
             if asynchronous:
-                self.consumer.commit(offsets=todo, asynchronous=True)
-            else:
-                self.consumer.commit(offsets=todo, asynchronous=False)
-            for tp in todo:
-                self._last_committed[(tp.topic, tp.partition)] = tp.offset
+                self.consumer.commit(offsets=offsets, asynchronous=True)
+                self.ledger.requested(due)  # its outcome comes through _on_commit
+                return True
+            result = self.consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
             err = exc.args[0] if exc.args else exc
             if isinstance(err, KafkaError) and err.code() == KafkaError._NO_OFFSET:
-                return
+                return True
             self.metrics.commit_failures.inc()
             log.warning("offset commit failed: %s", err)
+            return False
+        failed = [p for p in result if p.error is not None]
+        for p in result:
+            if p.error is None:
+                self.ledger.confirmed((p.topic, p.partition), p.offset)
+        if failed:
+            log.warning("offset commit failed for %s: %s", _names(failed), failed[0].error)
+        return not failed
+
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """The consumer's on_commit: a commit's outcome, served inside poll. Counted, and settled in
+        the ledger (a failure leaves the partitions due)."""
+        if err is not None or any(p.error is not None for p in partitions):
+            self.metrics.commit_failures.inc()
+            log.warning("offset commit failed: %s", err or [str(p.error) for p in partitions if p.error])
+        else:
+            self.metrics.commits.inc()
+        self.ledger.reported(err, partitions)
 
     def _backpressure(self) -> None:
         limit = self.options.max_in_flight
@@ -242,22 +275,9 @@ class ConsumerLoop:
         self.metrics.paused.set(len(self._paused))
 
     def describe(self) -> dict[str, object]:
-        """Where every unfinished message is: for `kill -USR1 <pid>` on a worker that seems stuck."""
+        """The consumer side's state, for the SIGUSR1 dump."""
         return {"paused": sorted(self._paused), "in_flight": self.tracker.unfinished(),
-                "offsets": self.tracker.describe(), **self.processing.describe()}
-
-
-def commit_reporter(metrics: Metrics) -> Callable[[KafkaError | None, list[TopicPartition]], None]:
-    """For the consumer's on_commit: count commits and failures."""
-
-    def report(err: KafkaError | None, partitions: list[TopicPartition]) -> None:
-        if err is not None or any(p.error is not None for p in partitions):
-            metrics.commit_failures.inc()
-            log.warning("offset commit failed: %s", err or [str(p.error) for p in partitions if p.error])
-        else:
-            metrics.commits.inc()
-
-    return report
+                "offsets": self.tracker.describe(), "commits": self.ledger.describe()}
 
 
 def _names(partitions: list[TopicPartition]) -> str:

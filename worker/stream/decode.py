@@ -2,44 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import orjson
 
-Header = tuple[str, bytes | None]
-
-
-@dataclass(frozen=True)
-class Source:
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int | None
-
-
-@dataclass(frozen=True)
-class Envelope:
-    """What travels with a message from input to output: where it came from and what to keep."""
-
-    source: Source
-    key: bytes | None
-    headers: list[Header]
-    value: bytes | None
-
-
-@dataclass(frozen=True)
-class ChatMessage:
-    envelope: Envelope
-    id: Any
-    text: str
-
-
-@dataclass(frozen=True)
-class Rejected:
-    envelope: Envelope
-    reason: str  # one of worker.reasons.DEAD_LETTER_REASONS
-    detail: str
+from worker.stream.types import ChatMessage, Envelope, Rejected
 
 
 def decode(envelope: Envelope, *, text_field: str, id_field: str, max_value_bytes: int) -> ChatMessage | Rejected:

@@ -4,6 +4,7 @@ Each thread takes a micro-batch from the batcher and runs the engine on it; ever
 results go to the release as soon as they are ready (it keeps each partition's order, whichever
 micro-batch or call finishes first). A batch whose inference fails is retried one message at a
 time; a message that fails alone becomes an `inference_error` dead letter, by the same path.
+Work no longer `wanted` (its partition went away) is not run: its outcome is `Stale`.
 """
 
 from __future__ import annotations
@@ -16,11 +17,9 @@ from typing import Protocol
 
 from worker.engine.result import ModelIdentity, Result, Timing
 from worker.observe.metrics import Metrics
-from worker.stream.decode import Rejected
 from worker.stream.microbatch import MicroBatcher
-from worker.stream.offsets import Ticket
-from worker.stream.outputs import Outcome, Work
 from worker.stream.release import OrderedRelease
+from worker.stream.types import STALE, Outcome, Rejected, Ticket, Work
 
 log = logging.getLogger(__name__)
 
@@ -40,28 +39,28 @@ class Classifier(Protocol):
 
 class InferenceThreads:
     def __init__(self, classifier: Classifier, batcher: MicroBatcher[Work], release: OrderedRelease[Work, Outcome],
-                 metrics: Metrics, *, is_current: Callable[[Ticket], bool], count: int) -> None:
+                 metrics: Metrics, *, wanted: Callable[[Ticket], bool], count: int) -> None:
         self.classifier = classifier
         self.batcher = batcher
         self.release = release
         self.metrics = metrics
-        self._is_current = is_current
+        self._wanted = wanted
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._counts = {"taken": 0, "current": 0, "results": 0}  # messages through inference, for describe()
         self.threads = [threading.Thread(target=self._run, name=f"inference-{n}", daemon=True) for n in range(count)]
 
-    def start(self) -> list[threading.Thread]:
+    def start(self) -> None:
         for thread in self.threads:
             thread.start()
-        return self.threads
 
-    def stop(self, timeout: float) -> bool:
+    def close(self, timeout: float) -> bool:
         """Finish what is queued, then end the threads. True when all ended within the timeout."""
         self._stop.set()
         deadline = time.monotonic() + timeout
         for thread in self.threads:
-            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                thread.join(timeout=max(0.0, deadline - time.monotonic()))
         return not any(t.is_alive() for t in self.threads)
 
     def _run(self) -> None:
@@ -73,8 +72,12 @@ class InferenceThreads:
                 return
 
     def _infer(self, batch: list[Work]) -> None:
-        # Work of a partition revoked while it waited is skipped: its new owner redoes it.
-        work = [w for w in batch if self._is_current(w.ticket)]
+        work = []
+        for w in batch:
+            if self._wanted(w.ticket):
+                work.append(w)
+            else:  # its partition went away while it waited: not worth the model's time
+                self.release.result_ready(w, STALE)
         with self._lock:
             self._counts["taken"] += len(batch)
             self._counts["current"] += len(work)

@@ -17,22 +17,20 @@ at or below it, the consumer re-fetched (from the committed offset, or from 0 on
 its state): the old work is void, a new epoch starts, and everything from there is redone. Voiding
 on the assignment alone would lose the in-flight messages of a consumer that kept its position:
 their results would be dropped as stale and later offsets committed past them.
+
+The staleness rule (the one gate): an acknowledgement counts only for a ticket of the partition's
+current assignment (`acknowledge`). A ticket of a revoked, lost or re-fetched assignment moves no
+commit point and counts in no metric, whatever reaches the broker; its message is redone by the
+partition's current owner. This gate alone keeps at-least-once. `is_current` asks the same question
+earlier, only to skip useless work (worker.stream.processing: before inference, before each send).
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
 
-PartitionId = tuple[str, int]  # (topic, partition)
-
-
-@dataclass(frozen=True)
-class Ticket:
-    tp: PartitionId
-    offset: int
-    epoch: int
+from worker.stream.types import PartitionId, Ticket
 
 
 class _Partition:
@@ -90,13 +88,15 @@ class OffsetTracker:
             return Ticket(tp, offset, part.epoch)
 
     def is_current(self, ticket: Ticket) -> bool:
+        """Whether the ticket's assignment is still the partition's current one (to skip useless work;
+        the gate is `acknowledge`)."""
         with self._lock:
             part = self._parts.get(ticket.tp)
             return part is not None and part.epoch == ticket.epoch
 
     def acknowledge(self, ticket: Ticket) -> bool:
-        """The broker acknowledged this offset's record. False when the ticket belongs to a revoked or
-        replaced assignment (the acknowledgement then counts for nothing)."""
+        """The broker acknowledged this offset's record. The staleness gate: False when the ticket
+        belongs to a revoked or replaced assignment (the acknowledgement then counts for nothing)."""
         with self._lock:
             part = self._parts.get(ticket.tp)
             if part is None or part.epoch != ticket.epoch or ticket.offset not in part.pending:

@@ -1,44 +1,45 @@
 """What each consumed message becomes, by one path: a result record on the output topic or a dead
 letter (from decoding or from inference alike), and what its acknowledgement does: the offset is
-acknowledged to the tracker, then the metrics count it."""
+acknowledged to the tracker (the staleness gate), then the metrics count it. A `Stale` outcome
+becomes nothing."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from worker.config import Settings
 from worker.engine.result import ModelIdentity, Result
 from worker.observe.health import Health
 from worker.observe.metrics import Metrics
-from worker.stream.decode import ChatMessage, Envelope, Rejected
-from worker.stream.kafka_conf import max_message_bytes
-from worker.stream.offsets import Ticket
 from worker.stream.publish import Outgoing
 from worker.stream.records import dead_letter_record, output_record, shrink_dead_letter
+from worker.stream.types import Outcome, Rejected, Stale, Ticket, Work
 
 
 @dataclass(frozen=True)
-class Work:
-    """One consumed message on its way through."""
-
-    ticket: Ticket
-    envelope: Envelope
-    received: float  # time.monotonic() at consume
-    message: ChatMessage | None  # None when decoding rejected it
-
-
-Outcome = Result | Rejected  # labels, or the reason for a dead letter
+class OutputOptions:
+    output_topic: str
+    dead_letter_topic: str
+    scores: str  # "all" or "passing"
+    decimals: int  # scores rounded to this many decimals
+    max_dead_letter_bytes: int  # the producer's message.max.bytes: a dead letter above it is cut
 
 
 class Sender(Protocol):
-    """What Outputs needs of a publisher (worker.stream.publish.Publisher, or a test's fake)."""
+    """What the stream needs of a publisher (worker.stream.publish.Publisher, or a test's fake).
+    Started and closed by its owner, the stream (worker.stream.lifecycle)."""
+
+    def start(self) -> None: ...
+
+    @property
+    def threads(self) -> list[threading.Thread]: ...  # what start() started, for the health check
 
     def send(self, item: Outgoing) -> None: ...
 
-    def close(self, timeout: float) -> int: ...
+    def close(self, timeout: float) -> bool: ...
 
     def healthy(self) -> bool: ...
 
@@ -46,51 +47,50 @@ class Sender(Protocol):
 
 
 class Outputs:
-    def __init__(self, settings: Settings, sender: Sender, identity: ModelIdentity, metrics: Metrics, *,
-                 acknowledge: Callable[[Ticket], bool], is_current: Callable[[Ticket], bool]) -> None:
+    def __init__(self, options: OutputOptions, sender: Sender, identity: ModelIdentity, metrics: Metrics, *,
+                 acknowledge: Callable[[Ticket], bool], wanted: Callable[[Ticket], bool]) -> None:
+        """`identity`: the model's embedder and head (each result carries its thresholds' hash).
+        `acknowledge`: the offset tracker's gate. `wanted`: whether a record is still worth (re)sending."""
+        self.options = options
         self.sender = sender
         self.identity = identity
         self.metrics = metrics
         self._acknowledge = acknowledge
-        self._is_current = is_current
-        self._output_topic = settings.kafka.output_topic
-        self._dead_letter_topic = settings.kafka.dead_letter_topic
-        self._scores, self._decimals = settings.output.scores, settings.output.decimals
-        self._max_dead_letter_bytes = max_message_bytes(settings.kafka)  # the whole input, if it can be sent
+        self._wanted = wanted
 
     def publish(self, work: Work, outcome: Outcome) -> None:
         """Hand the record for `work` to the publisher; its acknowledgement acknowledges the offset."""
-        ticket = work.ticket
+        if isinstance(outcome, Stale):
+            return  # its partition went away: the new assignment redoes it
+        o, ticket = self.options, work.ticket
         if isinstance(outcome, Rejected):
-            record = dead_letter_record(outcome, max_record_bytes=self._max_dead_letter_bytes)
-            on_ack: Callable[[], None] = _DeadLettered(self, ticket, outcome.reason)
-            topic, kind = self._dead_letter_topic, "dead_letter"
+            record = dead_letter_record(outcome, max_record_bytes=o.max_dead_letter_bytes)
+            on_ack: Callable[[], None] = _DeadLettered(self._acknowledge, self.metrics, ticket, outcome.reason)
+            topic, kind = o.dead_letter_topic, "dead_letter"
         else:
             assert work.message is not None  # only decoded messages reach inference
-            record = output_record(work.message, outcome, self.identity, scores=self._scores,
-                                   decimals=self._decimals, processing_ms=(time.monotonic() - work.received) * 1000)
-            on_ack = _Published(self, ticket, work.envelope.source.timestamp_ms, outcome)
-            topic, kind = self._output_topic, "output"
-        self.sender.send(Outgoing(topic, kind, record, on_ack, wanted=lambda: self._is_current(ticket),
+            record = output_record(work.message, outcome, self.identity, scores=o.scores, decimals=o.decimals,
+                                   processing_ms=(time.monotonic() - work.received) * 1000)
+            on_ack = _Published(self._acknowledge, self.metrics, ticket, work.envelope.source.timestamp_ms, outcome)
+            topic, kind = o.output_topic, "output"
+        self.sender.send(Outgoing(topic, kind, record, on_ack, wanted=lambda: self._wanted(ticket),
                                   shrink=shrink_dead_letter if kind == "dead_letter" else None))
-
-    def close(self, timeout: float) -> int:
-        """Flush what was handed over; returns how many records are still unacknowledged."""
-        return self.sender.close(timeout)
 
 
 class _Published:
     """A result was acknowledged: the offset, then latency and label metrics."""
 
-    __slots__ = ("outputs", "result", "ticket", "ts_ms")
+    __slots__ = ("acknowledge", "metrics", "result", "ticket", "ts_ms")
 
-    def __init__(self, outputs: Outputs, ticket: Ticket, ts_ms: int | None, result: Result) -> None:
-        self.outputs, self.ticket, self.ts_ms, self.result = outputs, ticket, ts_ms, result
+    def __init__(self, acknowledge: Callable[[Ticket], bool], metrics: Metrics, ticket: Ticket, ts_ms: int | None,
+                 result: Result) -> None:
+        self.acknowledge, self.metrics, self.ticket = acknowledge, metrics, ticket
+        self.ts_ms, self.result = ts_ms, result
 
     def __call__(self) -> None:
-        if not self.outputs._acknowledge(self.ticket):
+        if not self.acknowledge(self.ticket):
             return  # its partition went away meanwhile: the new owner redoes and counts it
-        m = self.outputs.metrics
+        m = self.metrics
         m.published.inc()
         if self.ts_ms is not None:
             m.latency.observe(max(0.0, time.time() - self.ts_ms / 1000))
@@ -101,14 +101,14 @@ class _Published:
 
 
 class _DeadLettered:
-    __slots__ = ("outputs", "reason", "ticket")
+    __slots__ = ("acknowledge", "metrics", "reason", "ticket")
 
-    def __init__(self, outputs: Outputs, ticket: Ticket, reason: str) -> None:
-        self.outputs, self.ticket, self.reason = outputs, ticket, reason
+    def __init__(self, acknowledge: Callable[[Ticket], bool], metrics: Metrics, ticket: Ticket, reason: str) -> None:
+        self.acknowledge, self.metrics, self.ticket, self.reason = acknowledge, metrics, ticket, reason
 
     def __call__(self) -> None:
-        if self.outputs._acknowledge(self.ticket):
-            self.outputs.metrics.dead_lettered.labels(reason=self.reason).inc()
+        if self.acknowledge(self.ticket):
+            self.metrics.dead_lettered.labels(reason=self.reason).inc()
 
 
 def produce_failure_reporter(metrics: Metrics, health: Health) -> Callable[[Outgoing, str], None]:

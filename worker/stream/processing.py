@@ -4,45 +4,64 @@ submits to: decode, micro-batch, infer, release in partition order, publish.
     submit(ticket, envelope) -> decode -> rejected: its dead letter, in order
                                        -> decoded:  micro-batch -> inference threads
     inference / dead letter  -> OrderedRelease (each partition in consume order) -> Outputs -> publisher
+
+Skipping useless work: the gate that keeps at-least-once is the offset tracker's `acknowledge`
+(worker.stream.offsets). Work of a partition that went away (revoked, lost, re-fetched) may also be
+skipped, to save time; `wanted` (the tracker's `is_current`) is asked at exactly two points: by the
+inference threads before running the model (the message's outcome is then `Stale`) and by the
+publisher before each send or resend of its record. Skipping is never needed for correctness.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from worker.config import Settings
 from worker.observe.metrics import Metrics
-from worker.stream.decode import Envelope, Rejected, decode
+from worker.stream.decode import decode
 from worker.stream.inference import Classifier, InferenceThreads
 from worker.stream.microbatch import MicroBatcher
-from worker.stream.offsets import OffsetTracker, PartitionId, Ticket
-from worker.stream.outputs import Outcome, Outputs, Work
+from worker.stream.outputs import Outputs
 from worker.stream.release import OrderedRelease
+from worker.stream.types import Envelope, Outcome, PartitionId, Rejected, Ticket, Work
+
+
+@dataclass(frozen=True)
+class ProcessingOptions:
+    text_field: str
+    id_field: str
+    max_value_bytes: int
+    max_batch_size: int  # messages per micro-batch handed to the engine
+    max_wait_s: float  # longest a message waits for its micro-batch to fill
+    concurrent_batches: int  # micro-batches in inference at once
 
 
 class Processing:
-    def __init__(self, settings: Settings, classifier: Classifier, outputs: Outputs, tracker: OffsetTracker,
-                 metrics: Metrics) -> None:
-        self.input = settings.input
-        self.outputs = outputs
-        self.release: OrderedRelease[Work, Outcome] = OrderedRelease(
-            lambda w: w.ticket, outputs.publish, tracker.is_current)
-        b = settings.batching
-        self.batcher: MicroBatcher[Work] = MicroBatcher(b.max_batch_size, b.max_wait_ms / 1000)
+    def __init__(self, options: ProcessingOptions, classifier: Classifier, outputs: Outputs, metrics: Metrics, *,
+                 wanted: Callable[[Ticket], bool]) -> None:
+        self.options = options
+        self.release: OrderedRelease[Work, Outcome] = OrderedRelease(lambda w: w.ticket, outputs.publish)
+        self.batcher: MicroBatcher[Work] = MicroBatcher(options.max_batch_size, options.max_wait_s)
         # Micro-batches side by side: while one is tokenised, finishing its last model call or
         # publishing, the other keeps the model threads busy.
-        self.inference = InferenceThreads(classifier, self.batcher, self.release, metrics,
-                                          is_current=tracker.is_current, count=b.concurrent_batches)
+        self.inference = InferenceThreads(classifier, self.batcher, self.release, metrics, wanted=wanted,
+                                          count=options.concurrent_batches)
 
-    def start(self) -> list[threading.Thread]:
-        """Start the inference threads; returns them (for the health check to watch)."""
-        return self.inference.start()
+    @property
+    def threads(self) -> list[threading.Thread]:
+        """The inference threads (for the health check to watch)."""
+        return self.inference.threads
+
+    def start(self) -> None:
+        """Start the inference threads."""
+        self.inference.start()
 
     def submit(self, ticket: Ticket, envelope: Envelope) -> None:
         """A newly consumed message (called in consume order)."""
-        i = self.input
-        decoded = decode(envelope, text_field=i.text_field, id_field=i.id_field, max_value_bytes=i.max_value_bytes)
+        o = self.options
+        decoded = decode(envelope, text_field=o.text_field, id_field=o.id_field, max_value_bytes=o.max_value_bytes)
         message = None if isinstance(decoded, Rejected) else decoded
         work = Work(ticket, envelope, time.monotonic(), message)
         self.release.expect(work)
@@ -55,12 +74,10 @@ class Processing:
         """A revoked or lost partition: drop what waits for release (its new owner redoes it)."""
         self.release.forget(tp)
 
-    def join(self, timeout: float) -> int:
-        """Finish the queued work and flush the publisher. Returns how many records are left unacknowledged."""
-        deadline = time.monotonic() + timeout
-        self.inference.stop(max(0.0, deadline - time.monotonic() - 0.5))
-        return self.outputs.close(max(0.1, deadline - time.monotonic()))
+    def close(self, timeout: float) -> bool:
+        """Run what is queued through inference, then end the threads. True when they ended in time.
+        (The publisher is not this step's: the stream that started it closes it.)"""
+        return self.inference.close(timeout)
 
     def describe(self) -> dict[str, object]:
-        return {"inference": self.inference.describe(), "release": self.release.describe(),
-                "publisher": self.outputs.sender.describe()}
+        return {"inference": self.inference.describe(), "release": self.release.describe()}

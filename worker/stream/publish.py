@@ -69,7 +69,7 @@ class Publisher:
         conf = idempotent_producer_conf(producer_conf)
         self._conf = conf
         self._make_producer = make_producer
-        self.producer = make_producer(conf)
+        self._producer: Producer | None = None
         self._retired: list[Producer] = []
         self._outstanding: dict[int, Outgoing] = {}  # handed to the producer, not yet reported back
         self._failing_since: float | None = None
@@ -82,9 +82,24 @@ class Publisher:
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._serve, name="publisher", daemon=True)
 
-    def start(self) -> Publisher:
+    @property
+    def producer(self) -> Producer:
+        if self._producer is None:  # made by start(), or at first use by a caller that runs no thread
+            self._producer = self._make_producer(self._conf)
+        return self._producer
+
+    @producer.setter
+    def producer(self, producer: Producer) -> None:
+        self._producer = producer
+
+    @property
+    def threads(self) -> list[threading.Thread]:
+        return [self.thread]
+
+    def start(self) -> None:
+        """Make the producer and start the thread that serves its delivery reports and retries."""
+        assert self.producer is not None
         self.thread.start()
-        return self
 
     def send(self, item: Outgoing) -> None:
         if not item.wanted():
@@ -237,8 +252,9 @@ class Publisher:
                 return 0
         return len(self.producer) + self.pending_retries()
 
-    def close(self, timeout: float) -> int:
+    def close(self, timeout: float) -> bool:
+        """Stop the thread and flush. True when every record handed over was acknowledged."""
         self._stop.set()
         if self.thread.is_alive():
             self.thread.join(timeout=2)
-        return self.flush(timeout)
+        return self._producer is None or self.flush(timeout) == 0

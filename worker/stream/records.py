@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from worker.engine.result import ModelIdentity, Result
-from worker.stream.decode import ChatMessage, Envelope, Header, Rejected
+from worker.stream.types import ChatMessage, Envelope, Header, Rejected
 
 SCHEMA_VERSION = 1
 DLQ_HEADER_PREFIX = "emotion-worker."

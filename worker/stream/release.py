@@ -1,9 +1,14 @@
 """Keep each partition's outputs in input order while results finish out of order.
 
 Micro-batches run side by side, and the model calls inside one finish in any order. Messages are expected
-here in consume order; a message whose result (labels or a dead-letter reason) is ready is handed on
-only once every earlier message of its partition has been, so each partition's records leave in the
-order its messages came.
+here in consume order; a message whose outcome (labels, a dead-letter reason, or Stale) is ready is handed
+on only once every earlier message of its partition's assignment has been, so each partition's records
+leave in the order its messages came.
+
+The release applies no staleness rule: every expected message gets an outcome (inference gives a stale
+one `Stale` without running the model), so none waits forever. Queues are kept per assignment (epoch):
+an old assignment's leftovers never hold back the new one's messages, and `forget` drops a revoked or
+lost partition's queues, after which their late outcomes are ignored.
 """
 
 from __future__ import annotations
@@ -12,76 +17,87 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from itertools import groupby
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
-from worker.stream.offsets import PartitionId, Ticket
+from worker.stream.types import PartitionId, Ticket
 
 T = TypeVar("T")
 R = TypeVar("R")
 
+_Queue = tuple[PartitionId, int]  # (partition, epoch)
+
+
+class _Slot(Generic[T, R]):
+    __slots__ = ("done", "item", "result")
+
+    def __init__(self, item: T) -> None:
+        self.item = item
+        self.result: R | None = None
+        self.done = False
+
 
 class OrderedRelease(Generic[T, R]):
-    def __init__(self, ticket_of: Callable[[T], Ticket], emit: Callable[[T, R], None],
-                 is_current: Callable[[Ticket], bool]) -> None:
+    def __init__(self, ticket_of: Callable[[T], Ticket], emit: Callable[[T, R], None]) -> None:
         self._ticket_of = ticket_of
         self._emit = emit
-        self._is_current = is_current  # False once its partition was revoked, lost or reassigned
         self._lock = threading.Lock()
-        self._queues: dict[PartitionId, deque[T]] = {}
-        self._ready: dict[Ticket, R] = {}
+        self._queues: dict[_Queue, deque[_Slot[T, R]]] = {}
+        self._slots: dict[Ticket, _Slot[T, R]] = {}  # every expected item not yet emitted
 
     def expect(self, item: T) -> None:
         """Called in consume order, before the item is handed to inference."""
+        ticket = self._ticket_of(item)
+        slot: _Slot[T, R] = _Slot(item)
         with self._lock:
-            self._queues.setdefault(self._ticket_of(item).tp, deque()).append(item)
+            self._slots[ticket] = slot
+            self._queues.setdefault((ticket.tp, ticket.epoch), deque()).append(slot)
 
     def result_ready(self, item: T, result: R) -> None:
-        """The item's result is ready: emit it and whatever of its partition it was holding back.
+        """The item's outcome is ready: emit it and whatever of its partition it was holding back.
         `emit` runs on the calling thread, under the release's lock (so emits keep their order)."""
         ticket = self._ticket_of(item)
         with self._lock:
-            queue = self._queues.get(ticket.tp)
-            if queue is None or not self._is_current(ticket):
-                return  # its partition was revoked, lost or reassigned meanwhile: it will be redone
-            self._ready[ticket] = result
-            while queue:
-                head = self._ticket_of(queue[0])
-                if not self._is_current(head):  # left over from an earlier assignment: never comes
-                    queue.popleft()
-                    self._ready.pop(head, None)
-                elif head in self._ready:
-                    self._emit(queue.popleft(), self._ready.pop(head))
-                else:
-                    break
+            slot = self._slots.get(ticket)
+            if slot is None:
+                return  # its partition was revoked or lost meanwhile: forgotten, it will be redone
+            slot.result, slot.done = result, True
+            key = (ticket.tp, ticket.epoch)
+            queue = self._queues[key]
+            while queue and queue[0].done:
+                head = queue.popleft()
+                del self._slots[self._ticket_of(head.item)]
+                self._emit(head.item, cast(R, head.result))  # done: its result is set
+            if not queue:
+                del self._queues[key]
 
     def forget(self, tp: PartitionId) -> int:
         """Drop a revoked or lost partition's waiting items; returns how many were dropped."""
         with self._lock:
-            queue = self._queues.pop(tp, deque())
-            for item in queue:
-                self._ready.pop(self._ticket_of(item), None)
-            return len(queue)
+            dropped = 0
+            for key in [key for key in self._queues if key[0] == tp]:
+                for slot in self._queues.pop(key):
+                    del self._slots[self._ticket_of(slot.item)]
+                    dropped += 1
+            return dropped
 
     def describe(self) -> dict[str, dict[str, object]]:
-        """Per partition: how many wait, which of them have no result yet, and the head's state."""
+        """Per partition assignment: how many wait, which of them have no outcome yet, and the head's state."""
         with self._lock:
             out: dict[str, dict[str, object]] = {}
-            for (topic, partition), queue in self._queues.items():
-                tickets = [self._ticket_of(item) for item in queue]
-                unfinished = [t.offset for t in tickets if t not in self._ready]
-                head = tickets[0] if tickets else None
-                out[f"{topic}[{partition}]"] = {
+            for ((topic, partition), epoch), queue in self._queues.items():
+                tickets = [self._ticket_of(slot.item) for slot in queue]
+                unfinished = [t.offset for t, slot in zip(tickets, queue, strict=True) if not slot.done]
+                out[f"{topic}[{partition}] epoch {epoch}"] = {
                     "waiting": len(tickets),
                     "finished": len(tickets) - len(unfinished),
-                    "head_offset": None if head is None else head.offset,
-                    "head_finished": head is not None and head in self._ready,
-                    "head_current": head is not None and self._is_current(head),
+                    "head_offset": tickets[0].offset if tickets else None,
+                    "head_finished": bool(queue) and queue[0].done,
                     "unfinished_offsets": _ranges(unfinished)}
             return out
 
     def waiting(self) -> int:
         with self._lock:
-            return sum(len(q) for q in self._queues.values())
+            return len(self._slots)
 
 
 def _ranges(offsets: list[int], limit: int = 20) -> list[str]:
