@@ -117,7 +117,7 @@ def tail(
                                                "kafka.dead_letter_topic with --dead-letters)")] = None,
     from_beginning: Annotated[bool, typer.Option("--from-beginning", help="Start at the first record of every "
                                                                           "partition")] = False,
-    count: Annotated[int | None, typer.Option(min=0, help="The last N records (default 10); with "
+    count: Annotated[int | None, typer.Option(min=1, help="The last N records (default 10); with "
                                               "--from-beginning, at most the first N (default: all)")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new records until Ctrl-C")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Each record whole, as one JSON line")] = False,
