@@ -429,6 +429,9 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
         problems.append(format_validation_error(err, origins))
     if problems:
         raise ConfigError("\n".join(problems))
+    for old_key, new_key, _ in RENAMED:  # a renamed setting's value came from where its old key was set
+        if old_key in origins:
+            origins[new_key] = origins[old_key]
     settings._origins = origins
     settings._config_file = path.absolute() if path is not None else None
     return settings

@@ -16,7 +16,13 @@ TimeoutOpt = Annotated[float, typer.Option(min=0.1, max=600.0, help="Seconds to 
 
 @app.command()
 def run(config: ConfigOpt = None) -> None:
-    """Consume the input topic, classify, publish results and dead letters, commit."""
+    """Consume the input topic, classify, publish results and dead letters, commit.
+
+    SIGTERM or SIGINT stops polling, drains in-flight messages, flushes, commits and exits within
+    shutdown_timeout_s. Exit status: 0 stopped cleanly (all consumed was published and committed);
+    1 stopped with work unfinished or uncommitted (redone after a restart: nothing is lost);
+    2 a settings or usage error (one line); 3 a fatal Kafka consumer error ended the run.
+    """
     from worker.app import run_worker
 
     raise typer.Exit(run_worker(settings_for(config), config_path=config))
