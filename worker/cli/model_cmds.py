@@ -92,10 +92,12 @@ def export(
 
         source = str(default_embedder_source())
     if default:
+        from worker.default_model import require_build_packages
         from worker.model_choice import DEFAULT_ADAPTER_DIR
         from worker.train.fine_tune import build_embedder
 
         output = output or default_embedder_dir()
+        require_build_packages()
         path = build_embedder(adapter or DEFAULT_ADAPTER_DIR, output, base=source) / "model.onnx"
     else:
         output = output or (models_dir() / BASE_EMBEDDER_NAME if base else None)
