@@ -86,3 +86,20 @@ def test_numbers_out_of_range_are_refused(args: tuple[str, ...], option: str) ->
     res = run_cli(*args)
     assert res.returncode == 2, res.stdout
     assert f"Invalid value for '{option}'" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_usage_errors_are_one_line_pointing_at_the_help() -> None:
+    from testkit.cli import run_cli
+
+    cases = {
+        ("replay-dead-letters", "--chunk", "0"): "Invalid value for '--chunk'",
+        ("--bogus",): "No such option: --bogus",
+        ("tial",): "Did you mean 'tail'?",
+        ("replay-dead-letters", "--dry-run", "true"): "unexpected extra argument",
+    }
+    for args, says in cases.items():
+        res = run_cli(*args)
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and len(lines) == 1, (args, res.stderr)
+        assert lines[0].startswith("error: ") and says in lines[0] and "--help)" in lines[0], lines
+    assert run_cli().returncode in (0, 2)  # no arguments: the help, not an error line
