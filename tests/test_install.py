@@ -88,7 +88,10 @@ def test_install_build_and_classify_from_anywhere(tmp_path: Path) -> None:
         assert done.returncode == 0, f"{' '.join(args)}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         return done
 
-    run([*pip, "torch==2.13.0"], env=env, cwd=tmp_path)
+    # A CPU torch first. Here pip's configuration has a local CPU wheel; elsewhere TORCH_INDEX_URL (as the
+    # Dockerfile's build argument) names PyTorch's CPU index, e.g. https://download.pytorch.org/whl/cpu.
+    torch_index = os.environ.get("TORCH_INDEX_URL")
+    run([*pip, "torch==2.13.0", *(["--index-url", torch_index] if torch_index else [])], env=env, cwd=tmp_path)
     run([*pip, "-c", str(source / "constraints.txt"), f"{source}[build]"], env=env, cwd=tmp_path)
     shutil.rmtree(source)  # the install must not need its source
     worker_env = {**env, "XDG_CACHE_HOME": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
