@@ -152,6 +152,11 @@ class ModelSettings(Section):
     # directory: the source checkout's models/emotion-minilm-onnx, else
     # $XDG_CACHE_HOME (~/.cache)/emotion-worker/models/emotion-minilm-onnx (worker/default_model.py).
     default_embedder: str | None = None
+    # The default model's precision (embedder and head auto): fp32, or its int8-quantised embedder
+    # (`export --default --int8`, beside the fp32 one) with thresholds tuned for it. fp32 by default: on
+    # GoEmotions dev int8 scores 0.008 lower macro F1 (held-out halves), over the 0.005 allowed (docs/models.md).
+    # Explicit embedder directories are used as given.
+    precision: Literal["fp32", "int8"] = "fp32"
     # A head is refused with an embedder it was not trained on (worker/model_pairing.py); true: a warning.
     allow_mismatch: bool = False
     # Defaults of the engine's options are the engine's (worker/engine/options.py), written once.

@@ -8,6 +8,9 @@ directory:
   install, as scripts/setup makes: the tests and the demo use it);
 - else the user's cache: $XDG_CACHE_HOME/emotion-worker/models/emotion-minilm-onnx
   (~/.cache/emotion-worker/models/... when XDG_CACHE_HOME is unset).
+
+Its int8 variant (`model.precision: int8`; `export --default --int8` builds it) lies beside it, named
+as `export --int8` names every int8 variant: `int8_variant_dir`.
 """
 
 from __future__ import annotations
@@ -77,3 +80,10 @@ def models_dir() -> Path:
 def default_embedder_dir(configured: str | None = None) -> Path:
     """The embedder `auto` loads: `model.default_embedder` when set, else models_dir()/emotion-minilm-onnx."""
     return Path(configured).expanduser() if configured else models_dir() / DEFAULT_EMBEDDER_NAME
+
+
+def int8_variant_dir(fp32_dir: Path) -> Path:
+    """Where `export --int8` writes the int8 variant of an export: models/x-onnx -> models/x-int8-onnx;
+    any other name: <dir>-int8 (the Dockerfile's /models/embedder-int8)."""
+    name = fp32_dir.name
+    return fp32_dir.with_name(name.removesuffix("-onnx") + "-int8-onnx" if name.endswith("-onnx") else name + "-int8")

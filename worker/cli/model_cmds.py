@@ -84,7 +84,7 @@ def export(
 ) -> None:
     """Export an encoder to ONNX (needs the 'export' extra), optionally int8-quantised; writes its identity
     (embedder.json), which heads trained on it record."""
-    from worker.default_model import BASE_EMBEDDER_NAME, BASE_NAME, default_embedder_dir, models_dir
+    from worker.default_model import BASE_EMBEDDER_NAME, BASE_NAME, default_embedder_dir, int8_variant_dir, models_dir
     from worker.engine.export import export_encoder, quantize_int8
 
     if default or base:
@@ -106,10 +106,8 @@ def export(
         path = export_encoder(source, output, name=BASE_NAME if base else None)
     typer.echo(f"wrote {path}")
     if int8:
-        # models/x-onnx -> models/x-int8-onnx; any other name: <output>-int8 (the Dockerfile's /models/embedder-int8)
-        qdir = output.with_name(output.name.removesuffix("-onnx") + "-int8-onnx" if output.name.endswith("-onnx")
-                                else output.name + "-int8")
-        typer.echo(f"wrote {quantize_int8(output, qdir)}")
+        # models/x-onnx -> models/x-int8-onnx; any other name: <output>-int8 (model.precision int8 finds it there)
+        typer.echo(f"wrote {quantize_int8(output, int8_variant_dir(output))}")
 
 
 @app.command()
