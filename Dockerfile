@@ -4,7 +4,7 @@
 # or a build argument does not reinstall torch.
 #
 #   docker build -t emotion-worker .                                   # the default (fine-tuned) model
-#   docker build --build-arg INT8=true -t emotion-worker:int8 .        # its int8-quantised encoder
+#   docker build --build-arg PRECISION=int8 -t emotion-worker:int8 .   # its int8 encoder + int8-tuned thresholds
 #   docker build --build-arg EMBEDDER=BAAI/bge-small-en \
 #                --build-arg HEAD=SamLowe/bge-small-en-go_emotions-classifier-onnx -t emotion-worker:bge .
 #   podman/buildah: add --runtime runc (and --ulimit nofile=... --ulimit nproc=... where the defaults are refused)
@@ -35,19 +35,14 @@ COPY README.md ./
 COPY worker ./worker
 RUN ${CA_BUNDLE:+env PIP_CERT="$CA_BUNDLE"} pip install --no-deps . \
  && ${CA_BUNDLE:+env PIP_CERT="$CA_BUNDLE"} pip wheel --no-deps -q -w /dist . && rm -rf build *.egg-info
+# The models (scripts/image-models): one embedder, fp32 or int8 (PRECISION; INT8=true is the older
+# spelling), and its head with the thresholds for that precision.
+COPY scripts/image-models ./scripts/image-models
 ARG EMBEDDER=default
 ARG HEAD=default
+ARG PRECISION=fp32
 ARG INT8=false
-RUN set -eux; \
-    int8=; if [ "$INT8" = true ]; then int8=--int8; fi; \
-    if [ "$EMBEDDER" = default ]; then emotion-worker export --default --output /models/embedder $int8; \
-    else emotion-worker export "$EMBEDDER" --output /models/embedder $int8; fi; \
-    if [ "$INT8" = true ]; then rm -rf /models/embedder && mv /models/embedder-int8 /models/embedder; fi; \
-    mkdir -p /models/head; \
-    if [ "$HEAD" = default ]; then cp worker/models/emotion-minilm/head/model.onnx worker/models/emotion-minilm/head/thresholds.json \
-      worker/models/emotion-minilm/head/training.json /models/head/; \
-    else python -c "import shutil, sys; from huggingface_hub import snapshot_download; shutil.copytree(snapshot_download(sys.argv[1]), '/models/head', dirs_exist_ok=True)" "$HEAD"; fi; \
-    rm -f /models/embedder/README.md
+RUN bash scripts/image-models
 
 FROM ${PYTHON_IMAGE} AS runtime
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
