@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import Producer
+from confluent_kafka import Message, Producer
 
-from testkit.kafka import Topics, WorkerProcess, read_all
+from testkit.kafka import TopicReader, Topics, WorkerProcess
 from worker.devtools.broker import LocalBroker
 
 
@@ -69,16 +69,23 @@ class StreamProducer(threading.Thread):
         assert p.flush(120) == 0
 
 
+def _ids(messages: list[Message]) -> Counter[str]:
+    return Counter(str(orjson.loads(m.value() or b"{}").get("id")) for m in messages)
+
+
 def account(broker: LocalBroker, topics: Topics, ids: set[str], timeout: float) -> dict[str, int]:
-    """Read outputs and dead letters until every id is seen (or timeout): lost and duplicates."""
-    deadline = time.monotonic() + timeout
-    while True:
-        outs = read_all(broker.bootstrap, topics.output, expect=10**9, timeout=60)
-        seen = Counter(str(orjson.loads(m.value() or b"{}").get("id")) for m in outs)
-        if set(seen) >= ids or time.monotonic() > deadline:
-            break
-        time.sleep(2)
-    dlq = read_all(broker.bootstrap, topics.dlq, expect=10**9, timeout=10)
+    """Read outputs and dead letters until every id is seen (or timeout), then until nothing new
+    comes for 2 s (late duplicates): lost and duplicates."""
+    missing = set(ids)
+
+    def all_seen(batch: list[Message]) -> bool:
+        missing.difference_update(_ids([m for m in batch if m.topic() == topics.output]))
+        return not missing
+
+    with TopicReader(broker.bootstrap, topics.output, topics.dlq) as reader:
+        reader.until(all_seen, timeout)
+        reader.drain(idle=2.0)
+    seen, dlq = _ids(reader.messages[topics.output]), reader.messages[topics.dlq]
     return {"sent": len(ids), "outputs": sum(seen.values()), "dead_letters": len(dlq),
             "lost": len(ids - set(seen)), "duplicates": sum(seen.values()) - len(set(seen) & ids)}
 

@@ -8,15 +8,20 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
 
+from testkit.wait import wait_until
 from worker.devtools.broker import LocalBroker, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+# Tansu holds a new group's first join for half of session.timeout.ms: 2 s keeps a worker's start
+# ~1 s and a killed member's eviction 2 s; heartbeats every 500 ms keep live members in the group.
+SESSION_TIMEOUT_MS = 2000
+HEARTBEAT_INTERVAL_MS = 500
 
 
 @dataclass
@@ -59,19 +64,26 @@ def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, by
     return n
 
 
+def _reader(bootstrap: str) -> Consumer:
+    return Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+                     "enable.auto.commit": False, "fetch.wait.max.ms": 50})
+
+
+def _partitions(c: Consumer, topic: str, timeout: float) -> list[int]:
+    def known() -> list[int]:
+        md = c.list_topics(topic, timeout=5).topics.get(topic)
+        return sorted(md.partitions) if md is not None and md.error is None else []
+
+    return wait_until(known, timeout)
+
+
 def read_all(bootstrap: str, topic: str, *, expect: int, timeout: float = 60.0, idle: float = 2.0) -> list[Message]:
     """Read a topic from the beginning (partitions assigned directly: no group join) until `expect`
     messages, or until the timeout, or once at least one message came and nothing new for `idle` s
     while expecting "everything" (expect >= 10**9)."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:8]}",
-                  "enable.auto.commit": False, "fetch.wait.max.ms": 50})
+    c = _reader(bootstrap)
     deadline = time.monotonic() + timeout
-    parts: list[int] = []
-    while not parts and time.monotonic() < deadline:
-        md = c.list_topics(topic, timeout=5).topics.get(topic)
-        parts = sorted(md.partitions) if md is not None and md.error is None else []
-        if not parts:
-            time.sleep(0.2)
+    parts = _partitions(c, topic, timeout)
     c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
     out: list[Message] = []
     last_new = time.monotonic()
@@ -84,6 +96,58 @@ def read_all(bootstrap: str, topic: str, *, expect: int, timeout: float = 60.0, 
             break
     c.close()
     return out
+
+
+class TopicReader:
+    """One reader of several topics from the beginning (partitions assigned directly: no group
+    join) that keeps what it read: poll until a condition holds, then until nothing new comes."""
+
+    def __init__(self, bootstrap: str, *topics: str, timeout: float = 30.0) -> None:
+        self.consumer = _reader(bootstrap)
+        self.messages: dict[str, list[Message]] = {t: [] for t in topics}
+        self.consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t in topics
+                              for p in _partitions(self.consumer, t, timeout)])
+
+    def __enter__(self) -> TopicReader:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.consumer.close()
+
+    def poll(self, timeout: float = 0.2) -> list[Message]:
+        """What arrived since the last poll (waits up to `timeout` for something)."""
+        batch = [m for m in self.consumer.consume(1000, timeout=timeout) if m.error() is None]
+        for m in batch:
+            topic = m.topic()
+            assert topic is not None
+            self.messages[topic].append(m)
+        return batch
+
+    def until(self, condition: Callable[[list[Message]], bool], timeout: float) -> bool:
+        """Poll until condition(new messages) is true, or the timeout; returns the last answer."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if condition(self.poll()):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+
+    def drain(self, idle: float = 2.0, timeout: float = 60.0) -> None:
+        """Poll until nothing new for `idle` s (or the timeout): late arrivals, duplicates."""
+        last_new = time.monotonic()
+        deadline = last_new + timeout
+        while time.monotonic() < deadline and time.monotonic() - last_new < idle:
+            if self.poll():
+                last_new = time.monotonic()
+
+
+def read_present(bootstrap: str, topic: str, *, timeout: float = 10.0, idle: float = 1.0) -> list[Message]:
+    """What a topic holds once nothing writes to it any more: read until the first message (or the
+    timeout), then until nothing new for `idle` s."""
+    with TopicReader(bootstrap, topic, timeout=timeout) as reader:
+        reader.until(bool, timeout)
+        reader.drain(idle=idle, timeout=timeout)
+    return reader.messages[topic]
 
 
 def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
@@ -124,6 +188,14 @@ class WorkerProcess:
         LIVE.append(self)
         return self
 
+    def assignments(self) -> int:
+        """How many times the worker logged a partition assignment (a group join or rebalance)."""
+        return self.log().count(" assigned ")
+
+    def wait_assigned(self, timeout: float = 60.0, *, more_than: int = 0) -> bool:
+        """Wait until the worker logged more than `more_than` assignments (see assignments())."""
+        return wait_until(lambda: self.assignments() > more_than, timeout)
+
     def kill_if_running(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
@@ -161,7 +233,8 @@ def worker_env(broker: LocalBroker, topics: Topics, encoder: Path, head: Path, *
         "EMOTION_WORKER_KAFKA__OUTPUT_TOPIC": topics.output,
         "EMOTION_WORKER_KAFKA__DEAD_LETTER_TOPIC": topics.dlq,
         "EMOTION_WORKER_KAFKA__GROUP_ID": topics.group,
-        "EMOTION_WORKER_KAFKA__SESSION_TIMEOUT_MS": "6000",
+        "EMOTION_WORKER_KAFKA__SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_MS),
+        "EMOTION_WORKER_KAFKA__CONSUMER": f'{{"heartbeat.interval.ms": {HEARTBEAT_INTERVAL_MS}}}',
         "EMOTION_WORKER_KAFKA__COMMIT_INTERVAL_MS": "200",
         "EMOTION_WORKER_MODEL__EMBEDDER": str(encoder),
         "EMOTION_WORKER_MODEL__HEAD": str(head),
