@@ -87,7 +87,7 @@ def test_outputs_mapped_by_name_not_position(tiny_encoder: Path, tmp_path: Path,
 
 
 def test_batch_independence_and_order(tiny_encoder: Path, tiny_head: Path) -> None:
-    eng = engine(tiny_encoder, tiny_head, max_batch_size=4, token_budget=256)
+    eng = engine(tiny_encoder, tiny_head, call_batch_size=4, token_budget=256)
     alone = eng.probabilities(["what is going on?"])[0][0]
     mixed = ["a " * 200, "what is going on?", "word " * 300, "hi"]
     together = eng.probabilities(mixed)[0]
@@ -188,7 +188,7 @@ def test_oldest_text_is_scored_first(tiny_encoder: Path, tiny_head: Path) -> Non
     """Calls are cut by length but run by age: the earliest text's call comes first even when that
     text is the longest."""
     eng = Engine(EngineOptions(embedder=str(tiny_encoder), head=str(tiny_head), cache_size=0,
-                               max_batch_size=2, concurrent_calls=1))
+                               call_batch_size=2, concurrent_calls=1))
     texts = ["a much longer first message " * 6, "ok", "no", "fine then", "sure thing", "yes"]
     chunks = list(eng.classify_stream(texts))
     assert len(chunks) >= 3
@@ -198,7 +198,7 @@ def test_oldest_text_is_scored_first(tiny_encoder: Path, tiny_head: Path) -> Non
 
 def test_classify_stream_yields_every_position_once(tiny_encoder: Path, tiny_head: Path) -> None:
     eng = Engine(EngineOptions(embedder=str(tiny_encoder), head=str(tiny_head), cache_size=16,
-                               max_batch_size=2))
+                               call_batch_size=2))
     eng.classify(["lol"])
     texts = ["lol", "word " * 30, "thanks", "lol", "a b c", "thanks", "something longer than the rest " * 4]
     chunks = list(eng.classify_stream(texts))

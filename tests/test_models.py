@@ -45,7 +45,7 @@ def test_train_head_writes_reference_format_deterministically(tiny_encoder: Path
 def test_frozen_baseline_keeps_its_quality_on_dev() -> None:
     data = require_data()
     minilm = require_minilm()
-    engine = Engine(EngineOptions(embedder=str(minilm), head=str(FROZEN_HEAD_DIR), max_batch_size=32))
+    engine = Engine(EngineOptions(embedder=str(minilm), head=str(FROZEN_HEAD_DIR), call_batch_size=32))
     tables = evaluate_split(engine, data / "dev.tsv")
     macro = tables["thresholds"]["per_label"]["macro"]["f1"]
     assert macro >= 0.40, macro
