@@ -5,8 +5,10 @@
 1. naive baseline (plain onnxruntime, batches of 32 in arrival order padded to the longest, fp32,
    default session options, then the head); 2. the engine, fp32 and int8; 3. the peer:
    sentence-transformers with its ONNX backend on the same exported model (when installed);
-4. the whole worker through a real local broker with a backlog; 5. end-to-end latency at half the
-   measured maximum and at a trickle; 6. the worker's peak RSS. In-memory runs are interleaved in
+4. the whole worker through a real local broker with a backlog, against the plain worker a user
+   would write instead (benchmarks/plain_worker.py; same model, same unique texts, run right before
+   and right after it); 5. end-to-end latency at half the measured maximum and at a trickle; 6. the
+   worker's peak RSS. In-memory runs are interleaved in
    rounds and the median is reported, so machine drift hits every contender alike.
 The model is a random-weight BERT of bge-small-en's exact shape (speed does not depend on weights).
 """
@@ -215,6 +217,29 @@ def quality(data_dir: Path) -> dict[str, Any] | None:
     return out
 
 
+def worker_runs(model: Path, head: Path, texts: list[str], n: int, worker_env: dict[str, str],
+                plain: bool, work: Path) -> dict[str, Any]:
+    """The worker's runs (worker_e2e) on unique texts and, unless `plain` is false, the plain worker's
+    backlog on the same first n texts before and after them; the ratio of the two backlog rates."""
+    from benchmarks.plain_e2e import plain_backlog, unique_texts
+    from benchmarks.worker_e2e import run_worker_benchmarks
+
+    # The backlog's n, then the split once more for the latency runs, every text unique.
+    unique = unique_texts(texts, n + len(texts))
+    before = plain_backlog(model, head, unique[:n], work) if plain else None
+    out = run_worker_benchmarks(model, head, unique, n, **worker_env)
+    out["texts"] = "unique: each split text with its number appended"
+    if before is not None:
+        after = plain_backlog(model, head, unique[:n], work)
+        rate = (before["texts_per_s"] + after["texts_per_s"]) / 2
+        out["plain_worker"] = {"program": "benchmarks/plain_worker.py", "texts_per_s": rate,
+                               "before_after": [before["texts_per_s"], after["texts_per_s"]]}
+        out["backlog"]["vs_plain_worker"] = out["backlog"]["texts_per_s"] / rate
+        print(f"plain worker backlog: {rate:.1f} texts/s (before {before['texts_per_s']:.1f}, after "
+              f"{after['texts_per_s']:.1f}); this worker {out['backlog']['vs_plain_worker']:.2f}x it", flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path("../shared/data/go_emotions/dev.tsv"))
@@ -227,24 +252,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--worker-env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra worker settings, e.g. EMOTION_WORKER_BATCHING__CONCURRENT_BATCHES=1")
     ap.add_argument("--only-worker", action="store_true", help="just the worker runs (with --worker-env)")
-    ap.add_argument("--worker-model", choices=["bge-shape-int8", "default"], default="bge-shape-int8",
-                    help="the worker runs' model: the bge-small-shaped int8 one, or the default (fine-tuned) model")
+    ap.add_argument("--worker-model", choices=["bge-shape-int8", "default", "default-int8"], default="bge-shape-int8",
+                    help="the worker runs' model: the bge-small-shaped int8 one, or the default (fine-tuned) model, "
+                         "fp32 or int8 (model.precision int8: its int8 embedder and thresholds)")
+    ap.add_argument("--skip-plain", action="store_true", help="no plain-worker runs beside the worker's")
     ap.add_argument("--only-in-memory", action="store_true",
                     help="just the interleaved in-memory runs, with the shipped models beside the bge-small shape")
     args = ap.parse_args(argv)
     worker_env = dict(item.split("=", 1) for item in args.worker_env)
     if args.only_worker:
-        from benchmarks.worker_e2e import run_worker_benchmarks
-
         texts = read_split(args.data, check_rows=False).texts
         if args.worker_model == "default":
             from worker.model_choice import DEFAULT_HEAD_DIR
 
             model, head = Path("models/emotion-minilm-onnx"), DEFAULT_HEAD_DIR
+        elif args.worker_model == "default-int8":
+            from worker.model_choice import DEFAULT_HEAD_INT8_DIR
+
+            model, head = Path("models/emotion-minilm-int8-onnx"), DEFAULT_HEAD_INT8_DIR
         else:
             models = prepare_models(args.cache)
             model, head = models["int8"], models["head"]
-        out = run_worker_benchmarks(model, head, texts, args.worker_messages, **worker_env)
+        out = worker_runs(model, head, texts, args.worker_messages, worker_env, not args.skip_plain, args.cache / "run")
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "worker.json").write_text(json.dumps(out, indent=2) + "\n")
         print(json.dumps(out, indent=2))
@@ -295,10 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     results["cache"] = cache_effect(models["fp32"], models["head"], texts)
     results["quality_offline_model"] = quality(args.data.parent)
     if not args.skip_worker:
-        from benchmarks.worker_e2e import run_worker_benchmarks
-
-        results["worker"] = run_worker_benchmarks(models["int8"], models["head"], all_texts, args.worker_messages,
-                                                  **worker_env)
+        results["worker"] = worker_runs(models["int8"], models["head"], all_texts, args.worker_messages, worker_env,
+                                        not args.skip_plain, args.cache / "run")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     from benchmarks.report import plot, table

@@ -1,0 +1,62 @@
+"""The plain worker (benchmarks/plain_worker.py) through a real local broker with a backlog, measured
+as benchmarks/worker_e2e.py measures this worker: from its first output to its last, on the same
+texts. And the texts: every one unique, so that no result cache flatters either side."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from benchmarks.worker_e2e import OutputReader
+from testkit.kafka import ROOT, SESSION_TIMEOUT_MS, Topics, produce
+from worker.devtools.broker import LocalBroker
+
+
+def unique_texts(texts: list[str], count: int) -> list[str]:
+    """`count` texts, each different: the split's texts in turn, each with its number appended
+    (a few tokens more than the original)."""
+    if not texts:
+        raise ValueError("no texts")
+    return [f"{texts[i % len(texts)]} ({i})" for i in range(count)]
+
+
+def plain_backlog(model: Path, head: Path, texts: list[str], work: Path, timeout: float = 600.0) -> dict[str, Any]:
+    """Backlog throughput of the plain worker on `texts` (3 partitions, a fresh local broker)."""
+    work.mkdir(parents=True, exist_ok=True)
+    n = len(texts)
+    with LocalBroker(log_path=work / "plain-broker.log") as broker:
+        topics = Topics.fresh(broker, partitions=3)
+        produce(broker.bootstrap, topics.input,
+                [(str(i).encode(), orjson.dumps({"id": f"p{i}", "text": t}), []) for i, t in enumerate(texts)])
+        reader = OutputReader(broker.bootstrap, topics.output)
+        reader.start()
+        log = (work / "plain-worker.log").open("ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.plain_worker", "--bootstrap", broker.bootstrap, "--input",
+             topics.input, "--output", topics.output, "--group", topics.group, "--embedder", str(model),
+             "--head", str(head), "--session-timeout-ms", str(SESSION_TIMEOUT_MS)],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + timeout
+            while len(reader.records) < n:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    how = "timed out" if proc.returncode is None else f"exited {proc.returncode}"
+                    raise RuntimeError(f"the plain worker wrote {len(reader.records)} of {n} results and {how}; "
+                                       f"see {log.name}")
+                time.sleep(0.05)
+            received = sorted(t for t, _ in reader.records[:n])
+        finally:
+            reader.stop.set()
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+            log.close()
+    return {"messages": n, "texts_per_s": (n - 1) / (received[-1] - received[0])}
