@@ -49,8 +49,9 @@ def choose_models(settings: ModelSettings) -> ModelChoice:
         default = int8_variant_dir(fp32_dir) if int8 else fp32_dir
         if not (default / "model.onnx").is_file():
             command = BUILD_COMMAND if settings.default_embedder is None else f"{BUILD_COMMAND} --output {fp32_dir}"
+            what = "the default embedder's int8 variant" if int8 else "the default embedder"
             raise ModelError(
-                f"the default embedder{'s int8 variant' if int8 else ''} is not built yet (no "
+                f"{what} is not built yet (no "
                 f"{default / 'model.onnx'}). Run once: {command}{' --int8' if int8 else ''}   (it needs the 'build' "
                 f"extra: README, Running the worker), or set {'model.precision: fp32, or ' if int8 else ''}"
                 f"model.embedder and model.head to models you have, e.g. the reference {REFERENCE_EMBEDDER} + "
