@@ -18,9 +18,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from testkit.cli import run_cli
 from testkit.faults import http_json, metric
-from testkit.kafka import Topics, committed, produce, read_all, start_worker
-from worker.broker import LocalBroker
+from testkit.kafka import TopicReader, Topics, committed, produce, read_all, start_worker
+from testkit.wait import wait_until
+from worker.devtools.broker import LocalBroker
 
 LONG = os.environ.get("FAULT_SUITE") == "long"
 pytestmark = pytest.mark.faults
@@ -59,20 +61,17 @@ def test_hostile_input(broker: LocalBroker, tiny_encoder: Path, tiny_head: Path,
     try:
         produce(broker.bootstrap, topics.input, records)
         n = len(records)
-        deadline = time.monotonic() + 120
-        outs: list[Any] = []
-        dlq: list[Any] = []
-        while time.monotonic() < deadline:
-            outs = read_all(broker.bootstrap, topics.output, expect=n, timeout=2)
-            dlq = read_all(broker.bootstrap, topics.dlq, expect=n, timeout=2)
-            if len(outs) + len(dlq) >= n:
-                break
+        with TopicReader(broker.bootstrap, topics.output, topics.dlq) as reader:
+            reader.until(lambda _: sum(map(len, reader.messages.values())) >= n, 120)
+        outs, dlq = reader.messages[topics.output], reader.messages[topics.dlq]
         seen = Counter(int(dict(m.headers() or [])["idx"]) for m in outs + dlq)
         assert sorted(seen) == list(range(n)), f"missing {set(range(n)) - set(seen)}"
         for m in dlq:
             reason = orjson.loads(dict(m.headers() or [])["emotion-worker.error"])
             assert reason["error_class"] and reason["message"]
-        time.sleep(1)
+        wait_until(lambda: (metric(worker, "emotion_worker_messages_consumed_total"),
+                            metric(worker, "emotion_worker_messages_dead_lettered_total"),
+                            metric(worker, "emotion_worker_messages_published_total")) == (n, len(dlq), len(outs)), 10)
         assert metric(worker, "emotion_worker_messages_consumed_total") == n
         assert metric(worker, "emotion_worker_messages_dead_lettered_total") == len(dlq)
         assert metric(worker, "emotion_worker_messages_published_total") == len(outs)
@@ -107,10 +106,8 @@ def test_sigterm_with_full_in_flight_window(broker: LocalBroker, tmp_path: Path,
                           EMOTION_WORKER_SHUTDOWN_TIMEOUT_S=str(timeout_s),
                           EMOTION_WORKER_MODEL__CACHE_SIZE="0")
     started = time.monotonic()
-    deadline = time.monotonic() + 60
     # Full window: the worker has hit its in-flight limit and paused its partitions.
-    while time.monotonic() < deadline and not metric(worker, "emotion_worker_paused_partitions") > 0:
-        time.sleep(0.05)
+    wait_until(lambda: metric(worker, "emotion_worker_paused_partitions") > 0, 60)
     assert metric(worker, "emotion_worker_paused_partitions") > 0, "window never filled"
     in_flight_at_stop = metric(worker, "emotion_worker_in_flight_messages")
     t0 = time.monotonic()
@@ -147,9 +144,7 @@ def test_sasl_settings_reach_librdkafka_and_secrets_stay_hidden(broker: LocalBro
                                                    "sasl.username": "alice", "sasl.password": secret}).decode(),
         EMOTION_WORKER_OBSERVE__LOG_LEVEL="DEBUG")
     try:
-        deadline = time.monotonic() + 40
-        while time.monotonic() < deadline and "sasl" not in worker.log().lower() and "SASL" not in worker.log():
-            time.sleep(0.5)
+        wait_until(lambda: "sasl" in worker.log().lower(), 40)
         status, body = http_json(f"http://127.0.0.1:{worker.port}/readyz")
         assert status == 503 and body["group_joined"] is False  # the broker does not speak SASL
         with urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/metrics", timeout=3) as r:
@@ -162,9 +157,5 @@ def test_sasl_settings_reach_librdkafka_and_secrets_stay_hidden(broker: LocalBro
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"kafka:\n  common:\n    security.protocol: SASL_SSL\n    sasl.mechanism: SCRAM-SHA-256\n"
                    f"    sasl.password: {secret}\n  bogus: {secret}\n")
-    import subprocess
-    import sys
-
-    res = subprocess.run([sys.executable, "-m", "worker", "run", "--config", str(bad)], capture_output=True,
-                         text=True, timeout=60)
+    res = run_cli("run", "--config", str(bad))
     assert res.returncode == 2 and secret not in res.stderr and secret not in res.stdout
