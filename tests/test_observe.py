@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from testkit.kafka import Topics, WorkerProcess, produce, read_all, start_worker
-from worker.broker import LocalBroker, free_port
+from testkit.wait import wait_until
+from worker.devtools.broker import LocalBroker, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -90,14 +91,10 @@ def query(base: str, expr: str) -> list[dict[str, Any]]:
 
 
 def wait_for(fn: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}: {last}")
+    last = wait_until(fn, timeout, interval=0.1)
+    if not last:
+        raise AssertionError(f"timed out waiting for {what}: {last}")
+    return last
 
 
 def test_prometheus_scrapes_counts_and_every_query_returns_data(
@@ -131,13 +128,14 @@ def test_prometheus_scrapes_counts_and_every_query_returns_data(
     exprs += [r["expr"] for r in rules() if "record" in r]
     exprs += [as_bool(r["expr"]) for r in rules() if "alert" in r]
     # Lag comes from librdkafka statistics every 5 s; give every series time to appear.
-    deadline = time.monotonic() + 45
-    while True:
+    empty = exprs
+
+    def all_have_data() -> bool:
+        nonlocal empty
         empty = [e for e in exprs if not query(prom, e)]
-        if not empty or time.monotonic() > deadline:
-            break
-        time.sleep(1)
-    assert not empty, f"queries without data: {empty}"
+        return not empty
+
+    assert wait_until(all_have_data, 45, interval=0.5), f"queries without data: {empty}"
     # Each alert expression also runs as written (firing or not).
     for r in rules():
         if "alert" in r:

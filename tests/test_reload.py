@@ -17,7 +17,8 @@ from confluent_kafka import Producer
 
 from testkit.kafka import Topics, WorkerProcess, read_all, start_worker
 from testkit.models import build_random_head
-from worker.broker import LocalBroker
+from testkit.wait import wait_until
+from worker.devtools.broker import LocalBroker
 from worker.engine.thresholds import Thresholds
 from worker.labels import LABELS
 
@@ -31,10 +32,8 @@ def metric(worker: WorkerProcess, line_start: str) -> float:
 
 
 def wait_for_log(worker: WorkerProcess, text: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in worker.log():
-        assert time.monotonic() < deadline, f"{text!r} never logged:\n{worker.log()[-2000:]}"
-        time.sleep(0.1)
+    assert wait_until(lambda: text in worker.log(), timeout, interval=0.02), \
+        f"{text!r} never logged:\n{worker.log()[-2000:]}"
 
 
 class Stream(threading.Thread):
@@ -66,12 +65,11 @@ def test_sighup_switches_thresholds_between_batches(broker: LocalBroker, tiny_en
     topics = Topics.fresh(broker, partitions=2)
     worker = start_worker(broker, topics, tiny_encoder, head, tmp_path / "w.log")
     n = 1200
-    stream = Stream(broker.bootstrap, topics.input, n, rate=150)
+    stream = Stream(broker.bootstrap, topics.input, n, rate=400)
     try:
         wait_for_log(worker, "assigned", timeout=60)
         stream.start()
-        while stream.sent < n // 3:
-            time.sleep(0.05)
+        wait_until(lambda: stream.sent >= n // 3, 30, interval=0.01)
         (head / "thresholds.json").write_text(json.dumps(new))
         worker.signal(signal.SIGHUP)
         wait_for_log(worker, "thresholds reloaded")
