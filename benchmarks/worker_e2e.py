@@ -11,7 +11,7 @@ import orjson
 from confluent_kafka import Consumer, Producer
 
 from testkit.kafka import Topics, WorkerProcess, produce, start_worker
-from worker.broker import LocalBroker
+from worker.devtools.broker import LocalBroker
 
 
 def _vm_hwm_mb(pid: int) -> float:
@@ -22,7 +22,8 @@ def _vm_hwm_mb(pid: int) -> float:
 
 
 class OutputReader(threading.Thread):
-    """Reads the output topic continuously; records receive time and the output document."""
+    """Reads the output topic continuously; records receive time and the output document, and each
+    output's own timestamp (ms, set when the worker produced it)."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         super().__init__(daemon=True)
@@ -31,6 +32,7 @@ class OutputReader(threading.Thread):
                                   "session.timeout.ms": 6000})
         self.consumer.subscribe([topic])
         self.records: list[tuple[float, dict[str, Any]]] = []
+        self.stamps: list[int] = []
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -41,6 +43,7 @@ class OutputReader(threading.Thread):
             for m in [first, *self.consumer.consume(1000, timeout=0)]:
                 if m.error() is None:
                     self.records.append((time.time(), orjson.loads(m.value() or b"{}")))
+                    self.stamps.append(m.timestamp()[1])
         self.consumer.close()
 
     def wait_for(self, n: int, timeout: float, worker: WorkerProcess | None = None) -> bool:
@@ -106,10 +109,11 @@ def run_worker_benchmarks(model: Path, head: Path, texts: list[str], n: int, **w
         worker = start_worker(broker, topics, model, head, tmp / "worker.log", **env)
         try:
             assert reader.wait_for(n, timeout=600, worker=worker), "backlog not processed"
-            recv = sorted(t for t, _ in reader.records[:n])
+            stamps = sorted(reader.stamps[:n])
             first_ts = min(doc["source"]["timestamp"] for _, doc in reader.records[:n])
-            # From the first output to the last acknowledged output: the steady backlog rate.
-            steady = (n - 1) / (recv[-1] - recv[0])
+            # From the first output to the last, by the outputs' own timestamps: the steady backlog rate
+            # (receive times would flatter it when the reader's group join ends after the worker began).
+            steady = (n - 1) / ((stamps[-1] - stamps[0]) / 1000)
             engine_tps = (engine_before + engine_throughput(model, head, texts[:n])) / 2
             out["backlog"] = {"texts_per_s": steady, "vs_engine_in_memory": steady / engine_tps,
                               "engine_in_memory_texts_per_s": engine_tps, "first_input_ts": first_ts,
