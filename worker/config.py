@@ -94,6 +94,13 @@ class KafkaSettings(Section):
     commit_interval_ms: int = Field(1_000, ge=10)
     # Consumed but unacknowledged messages; at this bound the partitions pause (resume at half).
     max_in_flight: int = Field(1000, ge=1)
+    # at_least_once: input offsets committed once their results are acknowledged (a crash redoes the
+    # uncommitted). exactly_once: results, dead letters and input offsets in one Kafka transaction per
+    # commit interval; readers of the output need isolation.level=read_committed (docs/exactly-once.md).
+    delivery: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    # exactly_once: this worker's transactional.id; unset: <group_id>-<hostname>-<pid>. One per running
+    # worker, best kept across its restarts (e.g. the pod's name): a restart then aborts what it left open.
+    transactional_id: str | None = Field(None, min_length=1)
     common: dict[str, str] = Field(default_factory=dict)
     consumer: dict[str, str] = Field(default_factory=dict)
     producer: dict[str, str] = Field(default_factory=dict)
@@ -105,9 +112,19 @@ class KafkaSettings(Section):
             return {str(k): (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in value.items()}
         return value
 
+    @field_validator("delivery", mode="before")
+    @classmethod
+    def _delivery_spelling(cls, value: Any) -> Any:
+        """`exactly-once`, `Exactly_Once`: the same choice."""
+        return value.strip().lower().replace("-", "_") if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _check(self) -> KafkaSettings:
         problems = []
+        if (self.delivery == "exactly_once" and self.output_bootstrap_servers is not None
+                and self.output_bootstrap_servers != self.bootstrap_servers):
+            problems.append("kafka.output_bootstrap_servers must be unset with kafka.delivery exactly_once (one "
+                            "transaction holds the results and the input offsets, so they share one cluster)")
         for key in self.consumer:
             if key in RESERVED_CONSUMER:
                 problems.append(f"kafka.consumer.{key} is set by the worker; use the kafka section fields")

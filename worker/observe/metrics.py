@@ -10,6 +10,7 @@ from worker.version import package_version
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0,
                    10.0, 20.0, 30.0)
+TRANSACTION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 INFERENCE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.6, 1.2, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128, 256)
 
@@ -49,6 +50,12 @@ class Metrics:
                                    registry=r)
         self.commit_failures = Counter(f"{p}_commit_failures", "Failed offset commits", registry=r)
         self.commits = Counter(f"{p}_commits", "Successful offset commits", registry=r)
+        # kafka.delivery exactly_once: each commit is a transaction's (results, dead letters and offsets).
+        self.transactions = Counter(f"{p}_transactions", "Kafka transactions ended, by result (committed, aborted)",
+                                    ["result"], registry=r)
+        self.transaction_seconds = Histogram(f"{p}_transaction_seconds",
+                                             "Kafka transaction duration, begin to commit or abort",
+                                             buckets=TRANSACTION_BUCKETS, registry=r)
         self.produce_failures = Counter(f"{p}_produce_failures",
                                         "Produce attempts that failed and were retried", ["topic_kind"],
                                         registry=r)
@@ -69,6 +76,8 @@ class Metrics:
             self.rebalances.labels(kind=kind)
         for result in ("ok", "failed"):
             self.threshold_reloads.labels(result=result)
+        for result in ("committed", "aborted"):
+            self.transactions.labels(result=result)
         for topic_kind in ("output", "dead_letter"):
             self.produce_failures.labels(topic_kind=topic_kind)
         self.info.info({"version": package_version()})

@@ -7,21 +7,23 @@ Nothing is started here: `Stream.start` (worker.stream.lifecycle) starts, in ord
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, Producer
 
 from worker.config import Settings
 from worker.observe.health import Health
 from worker.observe.metrics import Metrics
 from worker.stream.consumer_loop import ConsumerLoop, KafkaConsumer, LoopOptions, OnCommit
 from worker.stream.inference import Classifier
-from worker.stream.kafka_conf import consumer_conf, max_message_bytes, producer_conf
+from worker.stream.kafka_conf import consumer_conf, max_message_bytes, producer_conf, transactional_producer_conf
 from worker.stream.lag import lag_reporter
 from worker.stream.lifecycle import Stream, StreamOptions
 from worker.stream.offsets import OffsetTracker
 from worker.stream.outputs import OutputOptions, Outputs, Sender, produce_failure_reporter
 from worker.stream.processing import Processing, ProcessingOptions
 from worker.stream.publish import Publisher
+from worker.stream.transactions import TransactionalPublisher
 
 REVOKE_DRAIN_S = 10.0  # longest a revoke waits for the partitions' in-flight work (at most the shutdown timeout)
 
@@ -48,13 +50,21 @@ def output_options(settings: Settings) -> OutputOptions:
 
 def assemble(settings: Settings, classifier: Classifier, metrics: Metrics, health: Health, *,
              make_consumer: Callable[[OnCommit], KafkaConsumer] | None = None,
-             sender: Sender | None = None) -> Stream:
-    """The stream side, built and not started. `make_consumer(on_commit)` and `sender` replace the
-    real Kafka clients (in-process tests)."""
+             sender: Sender | None = None,
+             make_producer: Callable[[dict[str, Any]], Producer] = Producer) -> Stream:
+    """The stream side, built and not started. `make_consumer(on_commit)`, `sender` (at-least-once)
+    and `make_producer(conf)` replace the real Kafka clients (in-process tests). kafka.delivery
+    exactly_once: the publisher is transactional and the loop commits through it."""
     k = settings.kafka
     tracker = OffsetTracker()
-    if sender is None:
-        sender = Publisher(producer_conf(k), on_failure=produce_failure_reporter(metrics, health))
+    transactions: TransactionalPublisher | None = None
+    if k.delivery == "exactly_once":
+        sender = transactions = TransactionalPublisher(
+            transactional_producer_conf(k), metrics, on_failure=produce_failure_reporter(metrics, health),
+            make_producer=make_producer)
+    elif sender is None:
+        sender = Publisher(producer_conf(k), on_failure=produce_failure_reporter(metrics, health),
+                           make_producer=make_producer)
     outputs = Outputs(output_options(settings), sender, classifier.identity, metrics,
                       acknowledge=tracker.acknowledge, wanted=tracker.is_current)
     processing = Processing(processing_options(settings), classifier, outputs, metrics, wanted=tracker.is_current)
@@ -62,5 +72,6 @@ def assemble(settings: Settings, classifier: Classifier, metrics: Metrics, healt
         def make_consumer(on_commit: OnCommit) -> KafkaConsumer:
             return Consumer(consumer_conf(k, on_commit=on_commit, on_stats=lag_reporter(metrics, k.input_topic)))
 
-    loop = ConsumerLoop(make_consumer, processing, tracker, loop_options(settings), metrics, health)
+    loop = ConsumerLoop(make_consumer, processing, tracker, loop_options(settings), metrics, health,
+                        transactions=transactions)
     return Stream(loop, processing, sender, tracker, health, StreamOptions(settings.shutdown_timeout_s))

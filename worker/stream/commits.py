@@ -55,6 +55,11 @@ class CommitLedger:
                 if err is None and p.error is None:
                     self._confirmed[tp] = p.offset
 
+    def confirmed_offset(self, tp: PartitionId) -> int | None:
+        """The offset the broker confirmed for the partition in this assignment (None: none yet)."""
+        with self._lock:
+            return self._confirmed.get(tp)
+
     def forget(self, tp: PartitionId) -> None:
         """The partition was revoked or lost: what was committed for it is the next owner's business."""
         with self._lock:

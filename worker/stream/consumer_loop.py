@@ -8,6 +8,11 @@ the consumer.
     assign -> track | revoke -> drain, commit, forget | lost -> forget, commit nothing
     every loop: back-pressure; every commit interval: commit what is due (worker.stream.commits)
 
+exactly_once (`transactions` given): a commit is the transaction's (worker.stream.transactions):
+its records and every partition's commit point together, in the consumer's group. When it aborts,
+every partition is rewound to its last committed offset (the tracker voids its work, the consumer
+seeks back); a lost partition aborts the open transaction.
+
 Polling never waits for inference, so a long batch cannot exceed max.poll.interval.ms. The
 consumer (through a factory) and what is downstream are passed in: tests drive the loop in-process
 with small fakes. A fatal consumer error ends `run`; `fatal` says which.
@@ -61,6 +66,21 @@ class KafkaConsumer(Protocol):
 
     def close(self) -> None: ...
 
+    def seek(self, partition: TopicPartition) -> None: ...  # exactly_once only
+
+    def consumer_group_metadata(self) -> object: ...  # exactly_once only
+
+
+class Transactions(Protocol):
+    """exactly_once: the transaction control (worker.stream.transactions.TransactionalPublisher)."""
+
+    fatal: KafkaError | None  # fenced by a newer instance with the same transactional id
+
+    def commit(self, due: Callable[[], dict[PartitionId, int]], group_metadata: object,
+               on_abort: Callable[[], None]) -> dict[PartitionId, int] | None: ...
+
+    def abort(self, on_abort: Callable[[], None]) -> None: ...
+
 
 class Downstream(Protocol):
     """Where consumed messages go (worker.stream.processing.Processing)."""
@@ -80,9 +100,11 @@ class LoopOptions:
 
 class ConsumerLoop:
     def __init__(self, make_consumer: Callable[[OnCommit], KafkaConsumer], downstream: Downstream,
-                 tracker: OffsetTracker, options: LoopOptions, metrics: Metrics, health: Health) -> None:
+                 tracker: OffsetTracker, options: LoopOptions, metrics: Metrics, health: Health, *,
+                 transactions: Transactions | None = None) -> None:
         """`make_consumer(on_commit)`: the consumer, with `on_commit` as its commit callback; called
-        by `start`. The loop writes the health facts it owns: the poll beat and group membership."""
+        by `start`. The loop writes the health facts it owns: the poll beat and group membership.
+        `transactions`: exactly_once's commits (None: at-least-once, the consumer commits)."""
         self._make_consumer = make_consumer
         self._consumer: KafkaConsumer | None = None
         self.downstream = downstream
@@ -95,6 +117,8 @@ class ConsumerLoop:
         self._paused: set[PartitionId] = set()
         self._redelivering: set[PartitionId] = set()  # partitions inside a run of redelivered messages
         self._last_commit = time.monotonic()
+        self.transactions = transactions
+        self._seeks: dict[PartitionId, int] = {}  # exactly_once: rewinds whose seek is still to be done
 
     @property
     def consumer(self) -> KafkaConsumer:
@@ -124,6 +148,8 @@ class ConsumerLoop:
         except KafkaException as exc:
             self._client_error(exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None, exc)
         self.health.beat()
+        if self._seeks:
+            self._seek()
         self._backpressure()
         if time.monotonic() - self._last_commit >= self.options.commit_interval_s:
             self.commit()
@@ -199,19 +225,71 @@ class ConsumerLoop:
         log.info("revoked %s", _names(partitions))
 
     def _on_lost(self, _consumer: object, partitions: list[TopicPartition]) -> None:
-        """Another member may own them already: commit nothing, drop the work."""
+        """Another member may own them already: commit nothing, drop the work (exactly_once: abort
+        the open transaction, which holds some of it, and rewind the other partitions)."""
         self.metrics.rebalances.labels(kind="lost").inc()
         for p in partitions:
             dropped = self._let_go((p.topic, p.partition))
             log.warning("lost %s[%d]: committing nothing for it, %d unfinished dropped", p.topic, p.partition,
                         dropped)
+        if self.transactions is not None:
+            self.transactions.abort(self._rewind)
         self.metrics.assigned.set(len(self.tracker.assigned()))
 
     def _let_go(self, tp: PartitionId) -> int:
         self.downstream.forget(tp)
         self._paused.discard(tp)
+        self._seeks.pop(tp, None)
         self.ledger.forget(tp)
         return self.tracker.forget(tp)
+
+    # ---- exactly_once -----------------------------------------------------------------------
+    def _commit_transaction(self) -> bool:
+        """Commit the open transaction with every partition's commit point (all of them: it holds
+        records of every partition). False when it aborted (the partitions are rewound)."""
+        assert self.transactions is not None
+
+        def due() -> dict[PartitionId, int]:
+            return self.ledger.due(self.tracker.commit_points(), synchronous=True)
+
+        try:
+            metadata = self.consumer.consumer_group_metadata()
+        except KafkaException as exc:  # not in the group (any more): what was done is redone by the owner
+            log.warning("no group metadata for the transaction: %s", exc)
+            self.transactions.abort(self._rewind)
+            return False
+        committed = self.transactions.commit(due, metadata, self._rewind)
+        if self.transactions.fatal is not None and self.fatal is None:
+            self.fatal = self.transactions.fatal
+        if committed is None:
+            self.metrics.commit_failures.inc()
+            return False
+        for tp, offset in committed.items():
+            self.ledger.confirmed(tp, offset)
+        if committed:
+            self.metrics.commits.inc()
+        return True
+
+    def _rewind(self) -> None:
+        """The transaction aborted (called under its lock): every partition's work since its last
+        committed offset is void; it is read again from there."""
+        for tp in self.tracker.assigned():
+            start = self.tracker.rewind(tp, self.ledger.confirmed_offset(tp))
+            if start is None:
+                continue
+            self.downstream.forget(tp)  # what waits for release belongs to the void work
+            self._seeks[tp] = start
+        self._seek()
+
+    def _seek(self) -> None:
+        for (topic, partition), offset in list(self._seeks.items()):
+            try:
+                self.consumer.seek(TopicPartition(topic, partition, offset))
+            except KafkaException as exc:  # tried again at the next loop turn
+                log.warning("seek of %s[%d] to %d failed, retrying: %s", topic, partition, offset, exc)
+                continue
+            del self._seeks[(topic, partition)]
+            log.info("re-reading %s[%d] from offset %d", topic, partition, offset)
 
     # ---- commit and back-pressure -----------------------------------------------------------
     def commit(self, tps: list[PartitionId] | None = None, *, asynchronous: bool = True) -> bool:
@@ -219,6 +297,8 @@ class ConsumerLoop:
         the broker (nor, for an asynchronous commit, already on its way). False when a synchronous
         commit, or the handing over of an asynchronous one, failed."""
         self._last_commit = time.monotonic()
+        if self.transactions is not None:
+            return self._commit_transaction()
         due = self.ledger.due(self.tracker.commit_points(tps), synchronous=not asynchronous)
         if not due:
             return True

@@ -17,7 +17,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from worker.config import Settings, config_line, is_secret, origins_of
 from worker.errors import ConfigError
 from worker.settings_sources import Path_
-from worker.stream.kafka_conf import consumer_conf, producer_conf
+from worker.stream.kafka_conf import consumer_conf, producer_conf, transactional_producer_conf
 
 # librdkafka's log lines while checking (e.g. "no bootstrap.servers configured") are not news.
 _silent = logging.getLogger("worker.kafka.check")
@@ -63,7 +63,9 @@ def _consumer(settings: Settings) -> dict[str, Any]:
 
 
 def _producer(settings: Settings) -> dict[str, Any]:
-    return _plain(producer_conf(settings.kafka)) | _PRODUCER_GUARANTEES
+    k = settings.kafka
+    conf = transactional_producer_conf(k) if k.delivery == "exactly_once" else producer_conf(k)
+    return _plain(conf) | _PRODUCER_GUARANTEES
 
 
 def _alone(client: type[Consumer] | type[Producer], key: str, value: str) -> str | None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -71,6 +73,27 @@ def producer_conf(k: KafkaSettings) -> dict[str, Any]:
     conf: dict[str, Any] = {"statistics.interval.ms": STATS_INTERVAL_MS, **k.common, **k.producer,
                             "bootstrap.servers": servers,
                             "error_cb": report.error, "logger": report, "stats_cb": report.stats}
+    return conf
+
+
+# exactly_once: how long a transaction may stay open before the broker aborts it. A worker killed
+# mid-transaction holds back read_committed readers of the output, and its group's offsets, until then
+# (or until a worker with the same transactional id starts). A transaction lasts a commit interval.
+TRANSACTION_TIMEOUT_MS = 10_000
+
+
+def transactional_id(k: KafkaSettings) -> str:
+    """exactly_once: kafka.transactional_id, else `<group_id>-<hostname>-<pid>` (docs/exactly-once.md)."""
+    return k.transactional_id or f"{k.group_id}-{socket.gethostname()}-{os.getpid()}"
+
+
+def transactional_producer_conf(k: KafkaSettings) -> dict[str, Any]:
+    """exactly_once: the producer's configuration with its transactional id; a record may wait for
+    delivery at most as long as its transaction may stay open (librdkafka's rule)."""
+    conf = producer_conf(k)
+    timeout = conf.setdefault("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS)
+    conf.setdefault("message.timeout.ms", timeout)
+    conf["transactional.id"] = transactional_id(k)
     return conf
 
 

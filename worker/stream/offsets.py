@@ -23,6 +23,11 @@ current assignment (`acknowledge`). A ticket of a revoked, lost or re-fetched as
 commit point and counts in no metric, whatever reaches the broker; its message is redone by the
 partition's current owner. This gate alone keeps at-least-once. `is_current` asks the same question
 earlier, only to skip useless work (worker.stream.processing: before inference, before each send).
+
+exactly_once: an aborted transaction voids its work; `rewind` starts each partition over from its
+last committed offset (the consumer seeks there). Until the first re-read message arrives, messages
+above the highest offset registered before are leftovers fetched before the seek: refused, the
+re-read reaches them again in order.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from worker.stream.types import PartitionId, Ticket
 
 
 class _Partition:
-    __slots__ = ("committed", "epoch", "last", "pending", "reassigned")
+    __slots__ = ("committed", "epoch", "first", "last", "pending", "reassigned", "skip_above")
 
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
@@ -42,6 +47,8 @@ class _Partition:
         self.committed: int | None = None  # last offset handed to commit (exclusive)
         self.last: int | None = None  # highest offset registered in this assignment
         self.reassigned = False  # assigned again since; the next offset tells whether to start over
+        self.first: int | None = None  # the first offset registered in this assignment
+        self.skip_above: int | None = None  # after a rewind: refuse offsets above this until one at or below it
 
 
 class OffsetTracker:
@@ -80,12 +87,34 @@ class OffsetTracker:
                 part.reassigned = False
                 if part.last is not None and offset <= part.last:  # re-fetched: start over
                     part = self._start(tp)
+            if part.skip_above is not None:
+                if offset > part.skip_above:  # fetched before the rewind's seek
+                    return None
+                part.skip_above = None
             if part.last is not None and offset <= part.last:
                 return None
+            if part.first is None:
+                part.first = offset
             part.last = offset
             part.pending[offset] = False
             self._in_flight += 1
             return Ticket(tp, offset, part.epoch)
+
+    def rewind(self, tp: PartitionId, committed: int | None) -> int | None:
+        """exactly_once, after an aborted transaction: void the partition's work and start it over
+        from `committed` (its last committed offset; None: the first offset of this assignment).
+        Returns where the consumer must seek to, or None when nothing is to be redone."""
+        with self._lock:
+            part = self._parts.get(tp)
+            if part is None or part.last is None:
+                return None
+            start = committed if committed is not None else part.first
+            if start is None or start > part.last:
+                return None  # everything registered is committed: nothing to redo
+            last = part.last
+            fresh = self._start(tp)
+            fresh.first, fresh.skip_above = start, last
+            return start
 
     def is_current(self, ticket: Ticket) -> bool:
         """Whether the ticket's assignment is still the partition's current one (to skip useless work;
