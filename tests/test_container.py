@@ -15,8 +15,9 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from testkit.kafka import ROOT, Topics, produce, read_all
-from worker.broker import LocalBroker, free_port
+from testkit.kafka import HEARTBEAT_INTERVAL_MS, ROOT, SESSION_TIMEOUT_MS, Topics, produce, read_all
+from testkit.wait import wait_until
+from worker.devtools.broker import LocalBroker, free_port
 
 IMAGE = os.environ.get("EMOTION_WORKER_TEST_IMAGE", "localhost/emotion-worker:test")
 
@@ -72,13 +73,14 @@ def http(port: int, path: str) -> tuple[int, bytes]:
 
 
 def wait_status(port: int, path: str, timeout: float) -> int:
-    deadline = time.monotonic() + timeout
     status = 0
-    while time.monotonic() < deadline:
-        status, _ = http(port, path)
-        if status == 200:
-            break
-        time.sleep(0.5)
+
+    def ok() -> bool:
+        nonlocal status
+        status = http(port, path)[0]
+        return status == 200
+
+    wait_until(ok, timeout, interval=0.1)
     return status
 
 
@@ -90,7 +92,9 @@ def container(image: str, broker: LocalBroker) -> Iterator[tuple[str, int, Topic
     env = {"EMOTION_WORKER_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap,
            "EMOTION_WORKER_KAFKA__INPUT_TOPIC": topics.input, "EMOTION_WORKER_KAFKA__OUTPUT_TOPIC": topics.output,
            "EMOTION_WORKER_KAFKA__DEAD_LETTER_TOPIC": topics.dlq, "EMOTION_WORKER_KAFKA__GROUP_ID": topics.group,
-           "EMOTION_WORKER_KAFKA__SESSION_TIMEOUT_MS": "6000", "EMOTION_WORKER_OBSERVE__HOST": "127.0.0.1",
+           "EMOTION_WORKER_KAFKA__SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_MS),
+           "EMOTION_WORKER_KAFKA__CONSUMER": f'{{"heartbeat.interval.ms": {HEARTBEAT_INTERVAL_MS}}}',
+           "EMOTION_WORKER_OBSERVE__HOST": "127.0.0.1",
            "EMOTION_WORKER_OBSERVE__PORT": str(port)}
     env_args = [arg for key, value in env.items() for arg in ("-e", f"{key}={value}")]
     # --network host: the broker listens on this machine's loopback only. --read-only: the root
