@@ -12,7 +12,7 @@ import pytest
 
 from testkit.faults import write_fault_report
 from testkit.models import build_random_encoder, build_random_head
-from worker.broker import LocalBroker
+from worker.devtools.broker import LocalBroker
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = ROOT.parent / "shared" / "data" / "go_emotions"
