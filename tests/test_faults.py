@@ -109,10 +109,7 @@ def test_broker_outage_and_restart(tiny_encoder: Path, tiny_head: Path, tmp_path
     started = time.monotonic()
     try:
         topics = Topics.fresh(broker, partitions=2)
-        # The suite's 2 s session timeout would expire during the 5 s outage; this scenario keeps
-        # its group session through the outage, as it was written.
-        worker = start_worker(broker, topics, tiny_encoder, tiny_head, tmp_path / "w.log",
-                              EMOTION_WORKER_KAFKA__SESSION_TIMEOUT_MS="6000")
+        worker = start_worker(broker, topics, tiny_encoder, tiny_head, tmp_path / "w.log")
         produce(broker.bootstrap, topics.input,
                 [(b"k", orjson.dumps({"id": f"a{i}", "text": "before"}), []) for i in range(500)])
         assert len(read_all(broker.bootstrap, topics.output, expect=500, timeout=60)) == 500
