@@ -258,8 +258,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-plain", action="store_true", help="no plain-worker runs beside the worker's")
     ap.add_argument("--only-in-memory", action="store_true",
                     help="just the interleaved in-memory runs, with the shipped models beside the bge-small shape")
+    ap.add_argument("--only-delivery-modes", action="store_true",
+                    help="just at_least_once vs exactly_once on the default model (fp32; --worker-model default-int8: "
+                         "int8), --worker-messages, --worker-env: benchmarks/delivery_modes.py")
     args = ap.parse_args(argv)
     worker_env = dict(item.split("=", 1) for item in args.worker_env)
+    if args.only_delivery_modes:
+        from benchmarks.delivery_modes import main as delivery_modes
+        from worker.model_choice import DEFAULT_HEAD_DIR, DEFAULT_HEAD_INT8_DIR
+
+        int8 = args.worker_model == "default-int8"
+        embedder = Path("models/emotion-minilm-int8-onnx" if int8 else "models/emotion-minilm-onnx")
+        head = DEFAULT_HEAD_INT8_DIR if int8 else DEFAULT_HEAD_DIR
+        return delivery_modes(["--data", str(args.data), "--messages", str(args.worker_messages),
+                               "--embedder", str(embedder), "--head", str(head),
+                               "--out", str(args.out / "delivery_modes.json"),
+                               *(f"--worker-env={kv}" for kv in args.worker_env)])
     if args.only_worker:
         texts = read_split(args.data, check_rows=False).texts
         if args.worker_model == "default":
