@@ -28,6 +28,11 @@ OTHER_VARIABLES = frozenset({"EMOTION_WORKER_CONFIG", "EMOTION_WORKER_TANSU", "E
 
 Path_ = tuple[str | int, ...]
 
+# Mappings of librdkafka properties: their names have dots, never underscores, so in a variable's
+# NAME (where a shell allows no dots) '_' stands for '.'. Keys in the file or in a JSON value are
+# used as written.
+DOTTED_KEYS = frozenset({("kafka", "common"), ("kafka", "consumer"), ("kafka", "producer")})
+
 
 @dataclass(frozen=True)
 class Origin:
@@ -71,6 +76,31 @@ def _key_lines(node: yaml.Node, path: Path_, out: dict[Path_, int]) -> None:
         for i, item in enumerate(node.value):
             out[(*path, i)] = item.start_mark.line + 1
             _key_lines(item, (*path, i), out)
+
+
+def _duplicate_key(node: yaml.Node, path: Path_) -> str | None:
+    """'line 7: kafka is set twice (first at line 1) ...' for the first key that a mapping (at any
+    level) holds twice, else None. YAML loaders keep the last silently: a whole section could vanish."""
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for key, value in node.value:
+            if key.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: merged, not a key
+                continue
+            name, line = str(key.value), key.start_mark.line + 1
+            dotted = ".".join(str(p) for p in (*path, name))
+            if name in first:
+                return (f"line {line}: {dotted} is set twice (first at line {first[name]}); only the last would "
+                        "count: merge the two into one")
+            first[name] = line
+            found = _duplicate_key(value, (*path, name))
+            if found is not None:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            found = _duplicate_key(item, (*path, i))
+            if found is not None:
+                return found
+    return None
 
 
 _KIND_NAMES = {str: "a string", int: "a number", float: "a number", bool: "true/false", list: "a list"}
@@ -129,6 +159,9 @@ def read_file(path: Path) -> FileValues:
                           f"not {kind}")
     lines: dict[Path_, int] = {}
     if node is not None:
+        duplicate = _duplicate_key(node, ())
+        if duplicate is not None:
+            raise ConfigError(f"config: {shown} {duplicate}")
         _key_lines(node, (), lines)
     return FileValues(shown, data, lines)
 
@@ -189,11 +222,14 @@ def _resolve(model: type[BaseModel], parts: list[str]) -> _Target | None:
             current = annotation
             continue
         if typing.get_origin(annotation) is dict:
-            # EMOTION_WORKER_KAFKA__COMMON__SASL.PASSWORD: the rest is the key (lower case, as
+            # EMOTION_WORKER_KAFKA__COMMON__SASL_PASSWORD: the rest is the key (lower case, as
             # librdkafka's properties are)
             if not rest:
                 return _Target(path, "dict", optional)
-            return _Target((*path, "__".join(rest)), "scalar", False)
+            key = "__".join(rest)
+            if path in DOTTED_KEYS:  # a shell cannot export a name with dots: sasl_password is sasl.password
+                key = key.replace("_", ".")
+            return _Target((*path, key), "scalar", False)
         if rest:
             return None
         return _Target(path, "list" if typing.get_origin(annotation) is list else "scalar", optional)
