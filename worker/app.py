@@ -20,6 +20,7 @@ from worker.observe.logs import setup_logging
 from worker.observe.metrics import Metrics
 from worker.observe.reachability import brokers_reachable
 from worker.observe.startup import startup_line
+from worker.providers_check import check_providers
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ def secrets_of(settings: Settings) -> list[str]:
 
 
 def load_engine(settings: Settings) -> Engine:
+    check_providers(settings)  # a provider this onnxruntime build lacks: one line naming where it was set
     options, description = engine_options(settings.model)
     log.info("model: %s", description)
     engine = Engine(options)
@@ -46,6 +48,7 @@ def run_worker(settings: Settings, *, config_path: Path | None = None, stop_even
     from worker.stream.kafka_check import check_client_configs
 
     check_client_configs(settings)  # librdkafka refuses a property: one line each, before the model loads
+    check_providers(settings)  # and before the metrics server starts
     from worker.reload import ThresholdReloader
     from worker.stream.assemble import assemble
     from worker.stream.lifecycle import Stream

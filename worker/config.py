@@ -214,6 +214,18 @@ class ModelSettings(Section):
         # `providers: CUDAExecutionProvider` or "A,B": as a list
         return [p.strip() for p in value.split(",") if p.strip()] if isinstance(value, str) else value
 
+    @field_validator("providers")
+    @classmethod
+    def _known_providers(cls, value: list[str]) -> list[str]:
+        """Names onnxruntime knows (the closest one for a misspelt name). onnxruntime is imported
+        only for providers other than the default; whether this build has them is checked before
+        the model loads (worker.providers_check.check_providers)."""
+        if value == list(ENGINE_DEFAULTS.runtime.providers):
+            return value
+        from worker.providers_check import known_names
+
+        return known_names(value)
+
     @field_validator("label_thresholds")
     @classmethod
     def _known_labels(cls, value: dict[str, float]) -> dict[str, float]:
@@ -345,9 +357,12 @@ def effective_settings(settings: Settings) -> list[tuple[str, str, str]]:
     "file <path>", "env <VARNAME>" (or "option <--flag>" for a command-line override). Values of
     secret-looking pass-through properties (sasl.password, ...) read "***". Entries of pass-through
     mappings (kafka.common, model.label_thresholds, ...) are leaves of their own; an empty mapping
-    is one leaf, "{}"."""
+    is one leaf, "{}". A deprecated old name (RENAMED) is listed only when it is set."""
     rows = []
+    old_names = {old for old, _, _ in RENAMED}
     for path, value, entry in _walk(settings, ()):
+        if path in old_names and value is None:
+            continue
         secret = entry and is_secret(path[-1]) and value not in (None, "")
         rows.append((".".join(path), "***" if secret else _text(value), str(origin_of(settings, path))))
     return rows

@@ -29,7 +29,9 @@ def replay_dead_letters(
                       ] = None,
     target: Annotated[str | None, typer.Option("--to", help="Topic to replay into (default: kafka.input_topic)")
                       ] = None,
-    group: Annotated[str | None, typer.Option(help="The replay's consumer group (default: <kafka.group_id>-replay)")
+    group: Annotated[str | None, typer.Option(help="The replay's consumer group, where its position is kept "
+                                               "(default: <kafka.group_id>-replay for every class, "
+                                               "<kafka.group_id>-replay-<class>[+<class>...] for --error-class)")
                      ] = None,
     max_replays: Annotated[int, typer.Option(min=1, max=1000, help="Skip records already replayed this many times")
                            ] = 3,
@@ -40,10 +42,17 @@ def replay_dead_letters(
                                                                           "many seconds")] = 5.0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Count by error class and show samples; produce "
                                                             "and commit nothing")] = False,
+    timeout: Annotated[float, typer.Option(min=0.1, max=600.0, help="Seconds to wait for the brokers' first "
+                                                                    "answer")] = 10.0,
     progress: Annotated[bool, typer.Option(help="Progress bar on stderr")] = True,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the summary as JSON")] = None,
 ) -> None:
     """Re-produce dead letters' original records (after fixing their cause), at least once.
+
+    Its position on the dead-letter topic is kept by its own consumer group, one per selection:
+    `<group_id>-replay` for every class, `<group_id>-replay-<class>[+<class>...]` for --error-class,
+    so replaying one class never moves another selection past dead letters it did not select. The
+    summary counts what was read but not selected, by class.
 
     A dead letter whose value was cut (it did not fit the dead-letter topic) is never re-produced:
     it is counted as not replayable. Exit 0 when every selected record was replayed, 1 when some
@@ -53,7 +62,7 @@ def replay_dead_letters(
     import orjson
 
     from worker.observe.logs import setup_logging
-    from worker.ops.replay import ReplayOptions, format_summary, open_replay
+    from worker.ops.replay import ReplayOptions, default_group, format_summary, open_replay
     from worker.ops.signals import stop_on_signals
     from worker.ops.when import parse_error_classes, parse_offsets, parse_window
 
@@ -67,15 +76,17 @@ def replay_dead_letters(
     k = settings.kafka
     options = ReplayOptions(
         source_topic=source or k.dead_letter_topic, target_topic=target or k.input_topic,
-        group_id=group or f"{k.group_id}-replay", error_classes=classes, since_ms=since_ms, until_ms=until_ms,
+        group_id=group or default_group(k.group_id, classes), error_classes=classes,
+        since_ms=since_ms, until_ms=until_ms,
         from_beginning=from_beginning, start_offsets=start_offsets,
         max_replays=max_replays, dry_run=dry_run, chunk=chunk, rate=rate, idle_timeout_s=idle_timeout)
     # Ctrl-C or SIGTERM: the chunk in hand is finished and committed, then the replay stops.
-    with stop_on_signals() as stop, open_replay(k, options, stop) as replay:
+    with stop_on_signals() as stop, open_replay(k, options, stop, reach_timeout_s=timeout) as replay:
         summary = replay.run(progress=progress)
-    typer.echo(format_summary(summary, dry_run))
+    typer.echo(format_summary(summary, dry_run, options))
     if json_out is not None:
-        json_out.write_bytes(orjson.dumps(summary.as_dict(), option=orjson.OPT_INDENT_2))
+        doc = {**summary.as_dict(), "group": options.group_id}
+        json_out.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
     raise typer.Exit(0 if summary.complete else 1)
 
 
@@ -95,7 +106,8 @@ def check(
     default); whether librdkafka accepts the client properties; the brokers that answered; the
     input, output and dead-letter topics with their partitions; the consumer group's members and
     lag per partition; which model would load and whether its files are there. Exit 0 when all is
-    well, 1 when a problem was found, 2 on a usage error or when no broker answers.
+    well, 1 when a problem was found, 2 on a usage error or when no broker answers (--json prints
+    its document then too, the problem in it).
     """
     from worker.observe.logs import setup_logging
     from worker.ops.check import run_check
@@ -105,6 +117,8 @@ def check(
                        emit=None if as_json else typer.echo)
     if as_json:
         typer.echo(report.json())
+    if report.unreachable is not None:  # after the report: --json still prints its document
+        raise WorkerError(report.unreachable)
     raise typer.Exit(1 if report.problems else 0)
 
 

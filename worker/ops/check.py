@@ -1,7 +1,7 @@
 """`emotion-worker check`: what this worker would run with, and whether its cluster, topics, group
 and model are there, like `kcat -L` for this worker. Sections are printed as they are checked
-(`emit`), so a cluster that does not answer (a WorkerError: exit 2, one line) still leaves the
-settings on screen; `CheckReport` holds everything for `--json`.
+(`emit`); a cluster that does not answer is a problem of the report (`unreachable`: the command
+then exits 2 with that one line, after the report). `CheckReport` holds everything for `--json`.
 
 Nothing is changed: no topic is created (topics are looked up in the cluster's full topic list,
 since asking for one by name creates it where auto-creation is on), no group is joined, nothing
@@ -21,7 +21,7 @@ import orjson
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, ClusterMetadata  # type: ignore[attr-defined]
 
-from worker.config import Settings, config_file_of, effective_settings
+from worker.config import Settings, config_file_of, deprecations, effective_settings
 from worker.errors import WorkerError
 from worker.ops.brokers import ensure_reachable
 from worker.stream.kafka_conf import check_client_configs, consumer_conf
@@ -34,6 +34,8 @@ SAMPLE_TEXT = "thank you so much, this made my day!"
 class CheckReport:
     sections: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    # A cluster did not answer (the WorkerError's one line): the command exits 2 after the report.
+    unreachable: str | None = None
 
     def json(self) -> str:
         return orjson.dumps({**self.sections, "problems": self.problems}, option=orjson.OPT_INDENT_2).decode()
@@ -66,9 +68,11 @@ class Check:
     def run(self) -> CheckReport:
         self.configuration()
         if self.client_properties():
-            input_md, output_md = self.brokers()
-            self.topics(input_md, output_md)
-            self.group(input_md)
+            found = self.brokers()
+            if found is not None:
+                input_md, output_md = found
+                self.topics(input_md, output_md)
+                self.group(input_md)
         self.model()
         self.result()
         return self.report
@@ -78,11 +82,13 @@ class Check:
     def configuration(self) -> None:
         path = config_file_of(self.settings)
         rows = effective_settings(self.settings)
+        deprecated = deprecations(self.settings)  # the lines `run` logs at start
         self.report.sections["configuration"] = {
             "file": str(path) if path is not None else None,
-            "settings": [{"key": k, "value": v, "origin": o} for k, v, o in rows]}
+            "settings": [{"key": k, "value": v, "origin": o} for k, v, o in rows],
+            "deprecations": deprecated}
         self.say(f"settings (file: {path if path is not None else 'none; defaults and environment'})",
-                 *_table([(k, v, o) for k, v, o in rows]), "")
+                 *_table([(k, v, o) for k, v, o in rows]), *deprecated, "")
 
     def client_properties(self) -> bool:
         try:
@@ -117,24 +123,33 @@ class Check:
     def output_servers(self) -> str:
         return self.k.output_bootstrap_servers or self.k.bootstrap_servers
 
-    def brokers(self) -> tuple[ClusterMetadata, ClusterMetadata]:
+    def brokers(self) -> tuple[ClusterMetadata, ClusterMetadata] | None:
+        """Each cluster's metadata; None when one did not answer (then the topics and the group
+        are not checked, and `report.unreachable` holds the one line)."""
         clusters = {"input": self.k.bootstrap_servers}
         if self.output_servers != self.k.bootstrap_servers:
             clusters["output"] = self.output_servers
         found: dict[str, ClusterMetadata] = {}
         section: dict[str, Any] = {}
+        self.report.sections["brokers"] = section
         for role, servers in clusters.items():
             what = "brokers" if role == "input" else "output brokers (kafka.output_bootstrap_servers)"
-            md = ensure_reachable(self._conf(servers), timeout_s=self.timeout_s, what=what)
+            label = "brokers" if len(clusters) == 1 else f"{role} brokers"
+            try:
+                md = ensure_reachable(self._conf(servers), timeout_s=self.timeout_s, what=what)
+            except WorkerError as exc:
+                section[role] = {"bootstrap_servers": servers, "reachable": False, "error": str(exc)}
+                self.report.unreachable = self.report.unreachable or str(exc)
+                self.problem(str(exc))
+                self.say(f"{label}: {servers} did not answer (so topics and group are not checked)", "")
+                return None
             found[role] = md
             brokers = {str(b.id): f"{b.host}:{b.port}" for b in md.brokers.values()}
-            section[role] = {"bootstrap_servers": servers, "cluster_id": md.cluster_id,
+            section[role] = {"bootstrap_servers": servers, "reachable": True, "cluster_id": md.cluster_id,
                              "controller_id": md.controller_id, "brokers": brokers}
             listed = ", ".join(f"{i} at {a}" for i, a in sorted(brokers.items()))
-            label = "brokers" if len(clusters) == 1 else f"{role} brokers"
             self.say(f"{label}: {servers} answered: cluster {md.cluster_id}, {len(brokers)} "
                      f"broker{'s' if len(brokers) != 1 else ''} ({listed})")
-        self.report.sections["brokers"] = section
         self.say("")
         return found["input"], found.get("output", found["input"])
 
@@ -238,6 +253,7 @@ class Check:
     def model(self) -> None:
         from worker.errors import ModelError
         from worker.model_choice import choose_models
+        from worker.providers_check import check_providers
 
         ms = self.settings.model
         section: dict[str, Any] = {"embedder": ms.embedder, "head": ms.head, "loaded": False}
@@ -251,6 +267,12 @@ class Check:
             return
         section.update({"embedder": choice.embedder, "head": choice.head, "description": choice.description})
         lines = [f"  {choice.description}"]
+        try:
+            check_providers(self.settings)
+        except WorkerError as exc:
+            section["error"] = str(exc)
+            self.problem(str(exc))
+            lines.append(f"  {exc}")
         for kind, ref, need in (("embedder", choice.embedder, _embedder_files),
                                 ("head", choice.head, _head_files)):
             found, missing = need(ref)
@@ -262,7 +284,8 @@ class Check:
         if ms.thresholds_file is not None and not Path(ms.thresholds_file).is_file():
             self.problem(f"model.thresholds_file {ms.thresholds_file} does not exist")
             lines.append(f"  thresholds file {ms.thresholds_file}: MISSING")
-        if self.load_model and not any(p.startswith("model") for p in self.report.problems):
+        model_problem = "error" in section or any(p.startswith("model") for p in self.report.problems)
+        if self.load_model and not model_problem:
             lines.append(self._load(section))
         elif not self.load_model:
             lines.append("  not loaded (--load-model loads it and classifies one text)")
