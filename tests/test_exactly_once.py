@@ -27,6 +27,7 @@ import orjson
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
+from benchmarks.delivery_modes import compare
 from testkit.cli import run_cli
 from testkit.faults import metric
 from testkit.kafka import Topics, committed, produce, start_worker
@@ -250,6 +251,7 @@ def test_records_and_input_offsets_commit_together(rig: Rig) -> None:
     assert sorted(rig.producer.output_ids()) == sorted(f"{p}:{o}" for o in range(5) for p in (0, 1))
     assert [t for t, _ in rig.producer.visible].count("dlq") == 1
     assert rig.metric("committed") == 1 and rig.metric("aborted") == 0
+    assert rig.metrics.registry.get_sample_value("emotion_worker_transaction_seconds_count") == 1
     assert rig.loop.commit()  # nothing new: no empty transaction
     assert rig.metric("committed") == 1
 
@@ -497,3 +499,17 @@ def test_two_workers_rebalance_and_every_result_is_there_once(txn_broker: Transa
     assert first.assignments() >= 2
     check_exactly_once(txn_broker, topics, n, partitions)
     assert first.stop() == 0 and second.stop() == 0
+
+
+def test_the_delivery_modes_benchmark_runs(tiny_encoder: Path, tiny_head: Path, tmp_path: Path) -> None:
+    """A smoke run of benchmarks/delivery_modes.py (the integrator runs the real one on a quiet CPU)."""
+    texts = [f"so glad you made it {i}" for i in range(50)]
+    out = compare(tiny_encoder, tiny_head, texts, messages=300, load_fraction=0.3, load_seconds=2.0,
+                  work=tmp_path)
+    for mode in ("at_least_once", "exactly_once"):
+        assert out[mode]["backlog"]["texts_per_s"] > 0 and out[mode]["exit_status"] == 0, out
+        assert out[mode]["load"]["n"] == out[mode]["load"]["sent"], out  # every load message came back
+        assert out[mode]["load"]["p99_ms"] > 0
+    assert out["exactly_once"]["transactions"]["committed"] > 0
+    assert out["at_least_once"]["transactions"]["committed"] == 0
+    assert out["exactly_once"]["load"]["rate_per_s"] == out["at_least_once"]["load"]["rate_per_s"]

@@ -32,6 +32,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from worker.observe.health import Health
 from worker.observe.metrics import Metrics
 from worker.stream.commits import CommitLedger
+from worker.stream.missing_topics import MissingTopics
 from worker.stream.offsets import OffsetTracker
 from worker.stream.types import Envelope, PartitionId, Source, Ticket
 
@@ -101,7 +102,7 @@ class LoopOptions:
 class ConsumerLoop:
     def __init__(self, make_consumer: Callable[[OnCommit], KafkaConsumer], downstream: Downstream,
                  tracker: OffsetTracker, options: LoopOptions, metrics: Metrics, health: Health, *,
-                 transactions: Transactions | None = None) -> None:
+                 transactions: Transactions | None = None, missing_topics: MissingTopics | None = None) -> None:
         """`make_consumer(on_commit)`: the consumer, with `on_commit` as its commit callback; called
         by `start`. The loop writes the health facts it owns: the poll beat and group membership.
         `transactions`: exactly_once's commits (None: at-least-once, the consumer commits)."""
@@ -119,6 +120,9 @@ class ConsumerLoop:
         self._last_commit = time.monotonic()
         self.transactions = transactions
         self._seeks: dict[PartitionId, int] = {}  # exactly_once: rewinds whose seek is still to be done
+        # "input topic X does not exist yet" told once (librdkafka's repeats absorbed), readiness red till it does
+        self.missing_topics = missing_topics or MissingTopics(options.input_topic, "the brokers", health)
+        self._rewound: list[PartitionId] = []  # exactly_once: rewound under the transaction's lock, to forget after
 
     @property
     def consumer(self) -> KafkaConsumer:
@@ -179,7 +183,7 @@ class ConsumerLoop:
     def _take(self, msg: Message) -> None:
         err = msg.error()
         if err is not None:
-            if err.code() != KafkaError._PARTITION_EOF:
+            if err.code() != KafkaError._PARTITION_EOF and not self.missing_topics.consumer_error(err):
                 self._client_error(err, err)
             return
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
@@ -208,6 +212,7 @@ class ConsumerLoop:
         self.metrics.rebalances.labels(kind="assign").inc()
         self.metrics.assigned.set(len(self.tracker.assigned()))
         self.health.joined = True
+        self.missing_topics.assigned(partitions)
         log.info("assigned %s", _names(partitions))
 
     def _on_revoke(self, _consumer: object, partitions: list[TopicPartition]) -> None:
@@ -234,6 +239,7 @@ class ConsumerLoop:
                         dropped)
         if self.transactions is not None:
             self.transactions.abort(self._rewind)
+            self._after_rewind()
         self.metrics.assigned.set(len(self.tracker.assigned()))
 
     def _let_go(self, tp: PartitionId) -> int:
@@ -257,11 +263,13 @@ class ConsumerLoop:
         except KafkaException as exc:  # not in the group (any more): what was done is redone by the owner
             log.warning("no group metadata for the transaction: %s", exc)
             self.transactions.abort(self._rewind)
+            self._after_rewind()
             return False
         committed = self.transactions.commit(due, metadata, self._rewind)
         if self.transactions.fatal is not None and self.fatal is None:
             self.fatal = self.transactions.fatal
         if committed is None:
+            self._after_rewind()
             self.metrics.commit_failures.inc()
             return False
         for tp, offset in committed.items():
@@ -271,14 +279,21 @@ class ConsumerLoop:
         return True
 
     def _rewind(self) -> None:
-        """The transaction aborted (called under its lock): every partition's work since its last
-        committed offset is void; it is read again from there."""
+        """The transaction aborted (called under its lock, so no record of the void work enters a
+        later transaction): every partition's work since its last committed offset is void; it is
+        read again from there. Only the tracker here: the release's lock may be held by a thread
+        waiting for the transaction's (`_after_rewind` does the rest)."""
         for tp in self.tracker.assigned():
             start = self.tracker.rewind(tp, self.ledger.confirmed_offset(tp))
-            if start is None:
-                continue
-            self.downstream.forget(tp)  # what waits for release belongs to the void work
-            self._seeks[tp] = start
+            if start is not None:
+                self._seeks[tp] = start
+                self._rewound.append(tp)
+
+    def _after_rewind(self) -> None:
+        """Drop what waits for release of the void work, and seek back (before the next poll)."""
+        rewound, self._rewound = self._rewound, []
+        for tp in rewound:
+            self.downstream.forget(tp)
         self._seek()
 
     def _seek(self) -> None:

@@ -112,7 +112,10 @@ class TransactionalPublisher:
         """Make the producer, initialise transactions (aborting what an earlier instance with the
         same transactional id left open) and start the thread that serves delivery reports."""
         with self._lock:
-            if not self._ready():
+            if self._ready():
+                log.info("exactly-once: results, dead letters and input offsets in transactions (transactional id "
+                         "%s); readers of the output need isolation.level=read_committed", self.transactional_id)
+            else:
                 log.warning("transactions not initialised yet (transactional id %s); retrying at each commit",
                             self.transactional_id)
         self.thread.start()
