@@ -108,7 +108,8 @@ def test_broker_down_is_told_once_readyz_stays_red_and_sighup_names_what_needs_a
     assert len(lines) < 15, text  # before: ~25 lines a second
 
     start = next(line for line in lines if "starting with config" in line)
-    assert f"starting with config {config}; brokers 127.0.0.1:{closed}; " in start
+    assert (f"starting with config {config}; brokers 127.0.0.1:{closed} from env "
+            "EMOTION_WORKER_KAFKA__BOOTSTRAP_SERVERS; ") in start
     assert "topics chat-messages -> chat-emotions (dead letters chat-messages-dlq); group emotion-worker" in start
     assert (f"model {tiny_encoder} + {tiny_head}: embedder {tiny_encoder} from env EMOTION_WORKER_MODEL__EMBEDDER, "
             f"head {tiny_head} from env EMOTION_WORKER_MODEL__HEAD; thresholds ") in start
