@@ -39,7 +39,7 @@ MIXED: list[bytes] = [
     b"last line\r",
 ]
 ERRORS = {3: "UTF-8", 4: "not valid JSON", 5: "empty", 6: "no 'text' field", 8: "JSON array", 10: "empty",
-          11: "'text' is a int"}
+          11: "'text' is a number"}
 
 
 def model_args(tiny_encoder: Path, tiny_head: Path) -> list[str]:

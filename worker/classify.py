@@ -86,12 +86,27 @@ def _parse_json(stripped: str, options: ClassifyOptions) -> Item:
         return Item(None, f"JSON object has no {options.text_field!r} field (input.text_field)", msg_id)
     text = doc[options.text_field]
     if not isinstance(text, str):
-        return Item(None, f"{options.text_field!r} is a {type(text).__name__}, expected a string", msg_id)
+        return Item(None, f"{options.text_field!r} is {_json_kind(text)}, expected a string", msg_id)
     return _text_item(text, options.text_field, msg_id)
 
 
 def _json_type(doc: object) -> str:
     return "array" if isinstance(doc, list) else type(doc).__name__
+
+
+def _json_kind(value: object) -> str:
+    """A JSON value's kind with its article, as a user who wrote the JSON names it: "a number"."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a {type(value).__name__}"
 
 
 def _text_item(text: str, field: str, msg_id: Any) -> Item:

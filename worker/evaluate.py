@@ -11,20 +11,21 @@ import numpy as np
 from worker.engine.engine import Engine
 from worker.engine.thresholds import Thresholds
 from worker.labels import LABELS
-from worker.train.dataset import read_split
+from worker.train.dataset import Split, read_split
 from worker.train.metrics import report
 
 
-def evaluate_split(engine: Engine, split_path: Path, against: Engine | None = None) -> dict[str, Any]:
-    """The tables for `engine`; with `against`, also how the other engine's label sets (same head and
-    thresholds expected) differ from this one's on the same texts."""
-    split = read_split(split_path)
+def evaluate_split(engine: Engine, split: Split | Path, against: Engine | None = None) -> dict[str, Any]:
+    """The tables for `engine` on a labelled split (read already, or its path); with `against`, also
+    how the other engine's label sets (same head and thresholds expected) differ from this one's on
+    the same texts."""
+    split = split if isinstance(split, Split) else read_split(split)
     probs, _, _ = engine.probabilities(split.texts)
     thresholds = engine.thresholds.vector
     at_tuned = report(split.targets, probs >= thresholds)
     at_half = report(split.targets, probs >= 0.5)
     tables = {
-        "split": str(split_path),
+        "split": str(split.path),
         "rows": len(split.texts),
         "model": {"embedder": engine.identity.embedder, "head": engine.identity.head,
                   "thresholds_hash": engine.identity.thresholds_hash},
@@ -85,12 +86,12 @@ def format_tables(t: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def tune_on_split(engine: Engine, split_path: Path, shrink: float) -> dict[str, Any]:
+def tune_on_split(engine: Engine, split: Split | Path, shrink: float) -> dict[str, Any]:
     """Thresholds tuned on a labelled split for this model, with the macro F1 they and the model's
     current ones reach there, and a held-out estimate (tuned on half the split, scored on the other)."""
     from worker.train.metrics import held_out_macro_f1, tune_thresholds
 
-    split = read_split(split_path)
+    split = split if isinstance(split, Split) else read_split(split)
     probs, _, _ = engine.probabilities(split.texts)
     tuned = tune_thresholds(split.targets, probs, shrink)
     vec = Thresholds(tuned).vector

@@ -82,10 +82,10 @@ def export(
     adapter: Annotated[Path | None, typer.Option(help="With --default: another adapter directory "
                                                  "(from fine-tune's OUTPUT/adapter)")] = None,
 ) -> None:
-    """Export an encoder to ONNX (needs the 'export' extra), optionally int8-quantised; writes its identity
+    """Export an encoder to ONNX (needs the 'build' extra), optionally int8-quantised; writes its identity
     (embedder.json), which heads trained on it record."""
     from worker.default_model import BASE_EMBEDDER_NAME, BASE_NAME, default_embedder_dir, int8_variant_dir, models_dir
-    from worker.engine.export import export_encoder, quantize_int8
+    from worker.engine.export import export_encoder, quantize_int8, quiet_libraries
 
     if default or base:
         from worker.default_model import default_embedder_source
@@ -98,7 +98,8 @@ def export(
 
         output = output or default_embedder_dir()
         require_build_packages()
-        path = build_embedder(adapter or DEFAULT_ADAPTER_DIR, output, base=source) / "model.onnx"
+        with quiet_libraries():  # the libraries' deprecation and tracer warnings are not the user's business
+            path = build_embedder(adapter or DEFAULT_ADAPTER_DIR, output, base=source) / "model.onnx"
     else:
         output = output or (models_dir() / BASE_EMBEDDER_NAME if base else None)
         if source is None or output is None:
@@ -107,7 +108,9 @@ def export(
     typer.echo(f"wrote {path}")
     if int8:
         # models/x-onnx -> models/x-int8-onnx; any other name: <output>-int8 (model.precision int8 finds it there)
-        typer.echo(f"wrote {quantize_int8(output, int8_variant_dir(output))}")
+        with quiet_libraries():
+            int8_path = quantize_int8(output, int8_variant_dir(output))
+        typer.echo(f"wrote {int8_path}")
 
 
 @app.command()
@@ -125,20 +128,22 @@ def evaluate(
     from worker.app import load_engine
     from worker.evaluate import evaluate_split, format_tables
     from worker.observe.logs import setup_logging
+    from worker.train.dataset import read_split
 
     setup_logging("WARNING")
     settings = settings_for(config, embedder, head)
+    labelled = read_split(split)  # a bad file is said before the model loads
     engine = load_engine(settings)
     other = None
     if against is not None:
         other = load_engine(settings.model_copy(update={"model": settings.model.model_copy(
             update={"embedder": against, "head": engine.identity.head})}))
-    tables = evaluate_split(engine, split, other)
+    tables = evaluate_split(engine, labelled, other)
     typer.echo(format_tables(tables))
     if json_out is not None:
         import orjson
 
-        json_out.write_bytes(orjson.dumps(tables, option=orjson.OPT_INDENT_2))
+        _write(json_out, orjson.dumps(tables, option=orjson.OPT_INDENT_2), "--json")
 
 
 @app.command("tune-thresholds")
@@ -158,15 +163,24 @@ def tune_thresholds_cmd(
     from worker.app import load_engine
     from worker.evaluate import tune_on_split
     from worker.observe.logs import setup_logging
+    from worker.train.dataset import read_split
 
     setup_logging("WARNING")
-    result = tune_on_split(load_engine(settings_for(config, embedder, head)), split, shrink)
+    settings = settings_for(config, embedder, head)
+    labelled = read_split(split)  # a bad file is said before the model loads
+    result = tune_on_split(load_engine(settings), labelled, shrink)
     text = orjson.dumps(result["thresholds"], option=orjson.OPT_INDENT_2).decode() + "\n"
     if output is None:
         typer.echo(text, nl=False)
     else:
-        output.write_text(text)
+        _write(output, text.encode(), "--output")
     typer.echo(f"macro F1 on {split.name}: {result['macro_f1']:.4f} with these thresholds (current: "
                f"{result['macro_f1_current']:.4f}); tuned on half, scored on the other half: "
                f"{result['macro_f1_held_out']:.4f}", err=True)
 
+
+def _write(path: Path, data: bytes, option: str) -> None:
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        raise WorkerError(f"{option} {path}: cannot write it ({exc.strerror or exc})") from None

@@ -24,9 +24,13 @@ def train_head(
     seed: int = 0,
     cache: Annotated[Path, typer.Option(help="Embedding cache directory")] = Path(".cache/embeddings"),
 ) -> None:
-    """Train a head on GoEmotions train, tune thresholds (and regularisation) on dev, write it."""
+    """Train a head on GoEmotions train, tune thresholds (and regularisation) on dev, write it.
+    Needs the 'train' extra (scikit-learn)."""
     import logging
 
+    from worker.train.extras import TRAIN_HEAD_MODULES, require_extras
+
+    require_extras("train-head", ["train"], TRAIN_HEAD_MODULES)
     from worker.train.train_head import HeadConfig, train_and_write
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -63,12 +67,19 @@ def fine_tune_cmd(
     average_last: Annotated[int, typer.Option(min=0, max=1000, help="K >= 2: also try the mean of the last K "
                                               "epochs' weights, kept where dev macro F1 says it beats the best "
                                               "epoch")] = 0,
-    check_rows: Annotated[bool, typer.Option(help="Check the splits' row counts against the dataset's")] = True,
+    check_rows: Annotated[bool, typer.Option(help="For the published GoEmotions files (known by their sha256): "
+                                             "check that every published row was read")] = True,
     progress: Annotated[bool, typer.Option(help="Progress bar (loss, ETA) on stderr")] = True,
 ) -> None:
-    """Fine-tune an encoder (LoRA) and a linear head end to end; keep the best epoch by dev macro F1."""
+    """Fine-tune an encoder (LoRA) and a linear head end to end; keep the best epoch by dev macro F1.
+    Needs the 'train' and 'build' extras."""
     import logging
 
+    from worker.train.dataset import split_paths
+    from worker.train.extras import FINE_TUNE_MODULES, require_extras
+
+    require_extras("fine-tune", ["train", "build"], FINE_TUNE_MODULES)
+    split_paths(data)  # a missing directory or split is said before torch loads
     from worker.train.fine_tune import Recipe, fine_tune
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -1,18 +1,43 @@
 """Turn a hub model or a local PyTorch/safetensors model into the ONNX layout the engine loads.
 
-Needs the optional `export` extra (optimum-onnx, which pulls in torch); the runtime does not.
+Needs the optional `build` extra (or `export`: optimum-onnx, which pulls in torch); the runtime does not.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
 import shutil
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from worker.engine.embedder_identity import EmbedderIdentity, weights_fingerprint, write_identity
 from worker.errors import ModelError
 
 KEEP_FILES = ("1_Pooling/config.json", "modules.json", "sentence_bert_config.json", "README.md")
+# Libraries whose warnings and log lines (deprecations, torch's TracerWarning, export chatter) an
+# export's user need not see; errors still show.
+CHATTY_LOGGERS = ("transformers", "optimum", "torch", "peft", "huggingface_hub", "sentence_transformers")
+
+
+@contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """Silence the libraries' warnings (the `warnings` module) and their log lines below ERROR for
+    the duration; the worker's own output is untouched."""
+    loggers = [logging.getLogger(name) for name in CHATTY_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)
 
 
 def export_encoder(source: str, output: Path, *, opset: int | None = None, name: str | None = None,
@@ -24,29 +49,32 @@ def export_encoder(source: str, output: Path, *, opset: int | None = None, name:
     and embedder.json: `identity`, or `name` (default: the hub id or the directory's name) and the
     fingerprint of the source weights.
     """
+    from worker.engine.resolve import resolve_model_dir
+
+    if any(importlib.util.find_spec(name) is None for name in ("optimum", "torch")):  # cheap: before a download
+        raise _missing_extra()
+    # A hub id is fetched (or found in the cache) once, up front, failing in one line when the hub is
+    # out of reach; the exporter then reads the local copy and never calls the hub itself.
+    src_dir = resolve_model_dir(source, what="export source")
     try:
-        from optimum.exporters.onnx import main_export
+        with quiet_libraries():
+            from optimum.exporters.onnx import main_export
     except ImportError as exc:
-        raise ModelError(
-            "export needs the optional 'export' extra: pip install 'emotion-stream-worker[export]'"
-        ) from exc
+        raise _missing_extra() from exc
     output.mkdir(parents=True, exist_ok=True)
     try:
-        main_export(
-            source,
-            output=output,
-            task="feature-extraction",
-            library_name="transformers",
-            opset=opset,
-            do_validation=False,
-        )
+        with quiet_libraries():
+            main_export(
+                str(src_dir),
+                output=output,
+                task="feature-extraction",
+                library_name="transformers",
+                opset=opset,
+                do_validation=False,
+            )
     except Exception as exc:
-        raise ModelError(f"export of {source!r} failed: {exc}") from exc
-    src_dir = Path(source)
-    if not src_dir.is_dir():
-        from worker.engine.resolve import resolve_model_dir
-
-        src_dir = resolve_model_dir(source, what="export source")
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"export of {source!r} failed: {first}") from exc
     for name in KEEP_FILES:
         if (src_dir / name).is_file():
             (output / name).parent.mkdir(parents=True, exist_ok=True)
@@ -57,6 +85,12 @@ def export_encoder(source: str, output: Path, *, opset: int | None = None, name:
                                     weights_fingerprint(src_dir))
     write_identity(output, identity)
     return output / "model.onnx"
+
+
+def _missing_extra() -> ModelError:
+    from worker.default_model import BUILD_EXTRA
+
+    return ModelError(f"export needs the 'build' extra (optimum-onnx, torch): install {BUILD_EXTRA}")
 
 
 def quantize_int8(model_dir: Path, output: Path) -> Path:

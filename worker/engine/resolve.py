@@ -31,16 +31,48 @@ def resolve_model_dir(ref: str, *, what: str, allow_patterns: list[str] | None =
         raise ModelError(f"{what} {ref!r}: huggingface_hub is not installed") from exc
     offline = bool(constants.HF_HUB_OFFLINE)  # HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE, as the hub reads them
     try:
+        # One listing call: when the hub is out of reach it falls back to the cache at once (the
+        # per-file downloads, which retry with backoff, only start once the hub has answered).
         local = snapshot_download(repo_id=ref, allow_patterns=allow_patterns)
     except Exception as exc:
-        mode = (
-            "the local Hugging Face cache only (the hub is offline: HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set)"
-            if offline else "the Hugging Face hub and the local cache"
-        )
+        unreachable = _unreachable_reason(exc)
+        if offline:
+            mode = "it is not in the local Hugging Face cache (the hub is offline: HF_HUB_OFFLINE or " \
+                   "TRANSFORMERS_OFFLINE is set)"
+        elif unreachable:
+            mode = f"the Hugging Face hub cannot be reached ({unreachable}) and the local cache does not have it"
+        else:
+            mode = f"the Hugging Face hub and the local cache could not provide it ({_first_line(exc)})"
         raise ModelError(
-            f"{what} {ref!r}: not a local directory, and {mode} could not provide it "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
+            f"{what} {ref!r}: not a local directory, and {mode}. "
             "Fix: pass a local directory, run once with network access to fill the cache, "
             "or use the offline default model (see README, 'Models')."
         ) from exc
     return Path(local)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def _unreachable_reason(exc: BaseException) -> str | None:
+    """Why the hub could not be reached, in a few words, if a connection failure is behind `exc`."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, (ConnectionError, TimeoutError)) or type(cause).__name__ in (
+                "ConnectionError", "ConnectTimeout", "ReadTimeout", "Timeout", "ConnectError"):
+            text = str(cause)
+            for marker, reason in (("Name or service not known", "host name not resolved"),
+                                   ("NameResolutionError", "host name not resolved"),
+                                   ("Temporary failure in name resolution", "host name not resolved"),
+                                   ("Connection refused", "connection refused"),
+                                   ("Network is unreachable", "network unreachable"),
+                                   ("timed out", "timed out")):
+                if marker in text:
+                    return reason
+            return "connection failed"
+        cause = cause.__cause__ or cause.__context__
+    return None

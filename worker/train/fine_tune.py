@@ -7,7 +7,7 @@ evaluate on dev each epoch, keep the best epoch by dev macro F1, and write what 
     OUTPUT/adapter/    the adapters (fp16) and their spec: with the base weights, all a rebuild needs
     OUTPUT/training.json  recipe, seed, per-epoch dev metrics, time; reference_probs.npy for checks
 
-Seeded and deterministic on CPU; CUDA when torch sees a GPU. Needs the 'train' and 'export' extras.
+Seeded and deterministic on CPU; CUDA when torch sees a GPU. Needs the 'train' and 'build' (or 'export') extras.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from worker.engine.embedder_identity import (
 )
 from worker.engine.thresholds import Thresholds
 from worker.labels import LABELS
-from worker.train.dataset import Split, read_split
+from worker.train.dataset import Split, read_split, split_paths
 from worker.train.losses import LossName, loss_function
 from worker.train.metrics import SHRINK, held_out_macro_f1, report, tune_thresholds
 
@@ -133,6 +133,9 @@ def dev_scores(targets: np.ndarray, probs: np.ndarray) -> tuple[float, float, di
 def fine_tune(base: str, data_dir: Path, output: Path, recipe: Recipe, *, check_rows: bool = True,
               progress: bool = True, base_name: str | None = None) -> dict[str, Any]:
     """`base_name`: what the outputs record as the base (a hub id, say, where `base` is a local copy)."""
+    train_path, dev_path = split_paths(data_dir)
+    # The data first: a bad file is said in one line before torch loads.
+    train, dev = (read_split(path, check_rows=check_rows) for path in (train_path, dev_path))
     import torch
     from tqdm import tqdm
     from transformers import AutoTokenizer
@@ -144,7 +147,6 @@ def fine_tune(base: str, data_dir: Path, output: Path, recipe: Recipe, *, check_
     started = time.monotonic()
     set_seed(recipe.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    train, dev = (read_split(data_dir / f"{name}.tsv", check_rows=check_rows) for name in ("train", "dev"))
     base_dir = Path(base) if Path(base).is_dir() else resolve_model_dir(base, what="base encoder")
     spec = AdapterSpec(base=base, pooling=read_pooling(base_dir), rank=recipe.lora_rank, alpha=recipe.lora_alpha,
                        dropout=recipe.lora_dropout)

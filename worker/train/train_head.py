@@ -13,7 +13,7 @@ from worker.engine.embedder import Embedder
 from worker.engine.session import RuntimeOptions
 from worker.engine.thresholds import Thresholds
 from worker.model_pairing import RECORD_KEY, identity_record
-from worker.train.dataset import read_split
+from worker.train.dataset import read_split, split_paths
 from worker.train.embed_cache import cached_embeddings
 from worker.train.head_onnx import write_head
 from worker.train.metrics import report, tune_thresholds
@@ -92,9 +92,9 @@ def train(config: HeadConfig, x_train: np.ndarray, y_train: np.ndarray, x_dev: n
 
 def load_embeddings(embedder_dir: Path, data_dir: Path, cache_dir: Path, pooling: str = "auto"
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    train_path, dev_path = split_paths(data_dir)
+    train_split, dev_split = read_split(train_path), read_split(dev_path)  # a bad file is said before embedding
     embedder = Embedder(embedder_dir, RuntimeOptions(), pooling=pooling)
-    train_split = read_split(data_dir / "train.tsv")
-    dev_split = read_split(data_dir / "dev.tsv")
     x_train = cached_embeddings(embedder, train_split.texts, cache_dir, desc="train")
     x_dev = cached_embeddings(embedder, dev_split.texts, cache_dir, desc="dev")
     return x_train, train_split.targets, x_dev, dev_split.targets
