@@ -26,6 +26,7 @@ class Health:
         self.output_check: Callable[[], bool] = lambda: True  # the publisher's: no failure since its last success
         self.output_error = ""
         self.brokers_check: Callable[[], bool] = lambda: True  # no cluster known to be unreachable
+        self.input_topic_missing = ""  # the input topic, while the cluster says it does not exist
         self.stopping = False
         self.threads: list[threading.Thread] = []
 
@@ -49,8 +50,8 @@ class Health:
         live, _ = self.live()
         output_ok = self.output_check()
         checks = {"model_loaded": self.model_ready, "group_joined": self.joined,
-                  "brokers_reachable": self.brokers_check(), "output_ok": output_ok, "poll_loop_alive": live,
-                  "not_stopping": not self.stopping}
+                  "brokers_reachable": self.brokers_check(), "input_topic_exists": not self.input_topic_missing,
+                  "output_ok": output_ok, "poll_loop_alive": live, "not_stopping": not self.stopping}
         ok = all(checks.values())
         body: dict[str, object] = {"status": "ready" if ok else "not ready", **checks}
         if not output_ok:

@@ -19,6 +19,7 @@ from worker.stream.inference import Classifier
 from worker.stream.kafka_conf import consumer_conf, max_message_bytes, producer_conf, transactional_producer_conf
 from worker.stream.lag import lag_reporter
 from worker.stream.lifecycle import Stream, StreamOptions
+from worker.stream.missing_topics import MissingTopics
 from worker.stream.offsets import OffsetTracker
 from worker.stream.outputs import OutputOptions, Outputs, Sender, produce_failure_reporter
 from worker.stream.processing import Processing, ProcessingOptions
@@ -57,13 +58,15 @@ def assemble(settings: Settings, classifier: Classifier, metrics: Metrics, healt
     exactly_once: the publisher is transactional and the loop commits through it."""
     k = settings.kafka
     tracker = OffsetTracker()
+    missing = MissingTopics(k.input_topic, k.bootstrap_servers, health, output_servers=k.output_bootstrap_servers)
+    on_failure = missing.reporting(produce_failure_reporter(metrics, health))
     transactions: TransactionalPublisher | None = None
     if k.delivery == "exactly_once":
         sender = transactions = TransactionalPublisher(
-            transactional_producer_conf(k), metrics, on_failure=produce_failure_reporter(metrics, health),
+            transactional_producer_conf(k), metrics, on_failure=on_failure,
             make_producer=make_producer)
     elif sender is None:
-        sender = Publisher(producer_conf(k), on_failure=produce_failure_reporter(metrics, health),
+        sender = Publisher(producer_conf(k), on_failure=on_failure,
                            make_producer=make_producer)
     outputs = Outputs(output_options(settings), sender, classifier.identity, metrics,
                       acknowledge=tracker.acknowledge, wanted=tracker.is_current)
@@ -73,5 +76,5 @@ def assemble(settings: Settings, classifier: Classifier, metrics: Metrics, healt
             return Consumer(consumer_conf(k, on_commit=on_commit, on_stats=lag_reporter(metrics, k.input_topic)))
 
     loop = ConsumerLoop(make_consumer, processing, tracker, loop_options(settings), metrics, health,
-                        transactions=transactions)
+                        transactions=transactions, missing_topics=missing)
     return Stream(loop, processing, sender, tracker, health, StreamOptions(settings.shutdown_timeout_s))

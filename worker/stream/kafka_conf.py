@@ -16,6 +16,7 @@ log = logging.getLogger("worker.kafka")
 # told once per cluster (consumer and producer alike), the rest goes through Python logging and
 # its repeat filter, never raw to stderr.
 STATS_INTERVAL_MS = 5000
+TOPIC_REFRESH_MS = 10_000  # the consumer's metadata refresh (librdkafka's default: 5 min)
 
 
 def consumer_conf(
@@ -28,6 +29,8 @@ def consumer_conf(
         "statistics.interval.ms": STATS_INTERVAL_MS,
         # Low fetch wait: an idle chat stream's next message is fetched within ~10 ms.
         "fetch.wait.max.ms": 10,
+        # A missing input topic (or new partitions) is noticed within 10 s of its creation, not 5 min.
+        "topic.metadata.refresh.interval.ms": TOPIC_REFRESH_MS,
         **k.common,
         **k.consumer,
         "bootstrap.servers": k.bootstrap_servers,
