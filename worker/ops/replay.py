@@ -3,7 +3,10 @@ produce each one's original key, value and headers (without the worker's error h
 replay count) to the input topic, or another.
 
 At-least-once: records are replayed in chunks; a chunk's source offsets are committed for the
-replay's own consumer group only after every record it produced is acknowledged. An interrupted
+replay's own consumer group only after every record it produced is acknowledged. That group
+depends on the selection (`default_group`): `<group_id>-replay` for every class,
+`<group_id>-replay-<class>[+<class>...]` for some, so replaying one class does not move another
+selection past the dead letters it did not select (each class keeps its own position). An interrupted
 replay, run again, resumes from the last commit and redoes at most one chunk. A record already
 replayed `max_replays` times is skipped and counted, so a poison message cannot loop forever; a
 dead letter whose value was cut (it did not fit the dead-letter topic) is never re-produced: it is
@@ -31,7 +34,7 @@ from tqdm import tqdm
 
 from worker.config import KafkaSettings
 from worker.errors import WorkerError
-from worker.ops.brokers import ensure_reachable
+from worker.ops.brokers import REACH_TIMEOUT_S, ensure_reachable
 from worker.stream.kafka_conf import consumer_conf, producer_conf
 from worker.stream.publish import Outgoing, Publisher
 from worker.stream.records import (
@@ -46,7 +49,13 @@ from worker.stream.types import Header
 
 log = logging.getLogger(__name__)
 
-REACH_TIMEOUT_S = 5.0  # how long the brokers have to answer before the replay starts
+
+
+def default_group(group_id: str, error_classes: frozenset[str] | set[str]) -> str:
+    """The replay's consumer group unless --group: its own for each selection of error classes
+    (`<group_id>-replay` for all, `<group_id>-replay-invalid_json+too_large` for two), so a replay
+    of some classes leaves the others' position where it was."""
+    return f"{group_id}-replay" + (f"-{'+'.join(sorted(error_classes))}" if error_classes else "")
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,8 @@ class ReplaySummary:
     interrupted: bool = False
     error: str | None = None  # what stopped the replay early (a commit refused, say)
     by_class: Counter[str] = field(default_factory=Counter)  # selected, by error class
+    unselected: Counter[str] = field(default_factory=Counter)  # read, not of a selected class, by class
+    outside_window: int = 0  # read, of a selected class, dead-lettered outside --since/--until
     not_replayable: Counter[str] = field(default_factory=Counter)  # value cut, by error class
     samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
@@ -93,7 +104,8 @@ class ReplaySummary:
                 "not_replayable_by_class": dict(self.not_replayable),
                 "loop_guard_skipped": self.loop_guard_skipped, "not_acknowledged": self.not_acknowledged,
                 "interrupted": self.interrupted, "error": self.error, "complete": self.complete,
-                "by_class": dict(self.by_class), "samples": self.samples}
+                "by_class": dict(self.by_class), "not_selected_by_class": dict(self.unselected),
+                "outside_window": self.outside_window, "samples": self.samples}
 
 
 class DeadLetter(Protocol):
@@ -228,12 +240,17 @@ class Replay:
         log.info("reading %s from %s", topic, ", ".join(f"[{tp.partition}] {_where(tp.offset)}" for tp in starts))
 
     def _select(self, m: DeadLetter, cls: str) -> bool:
-        """By error class and by when it was dead-lettered (the dead letter's Kafka timestamp)."""
+        """By error class and by when it was dead-lettered (the dead letter's Kafka timestamp);
+        what is left out is counted (by class, or as outside the time window)."""
         o = self.options
         if o.error_classes and cls not in o.error_classes:
+            self.summary.unselected[cls] += 1
             return False
         _, ts = m.timestamp()
-        return not ((o.since_ms is not None and ts < o.since_ms) or (o.until_ms is not None and ts >= o.until_ms))
+        if (o.since_ms is not None and ts < o.since_ms) or (o.until_ms is not None and ts >= o.until_ms):
+            self.summary.outside_window += 1
+            return False
+        return True
 
     def _replay_chunk(self, records: list[DeadLetter]) -> bool:
         """Produce the selected records, wait for every acknowledgement, then commit the chunk.
@@ -347,6 +364,7 @@ def open_replay(k: KafkaSettings, options: ReplayOptions, stop: threading.Event 
                                                             what="the input topic's brokers")
         topic_partitions(target_md, options.target_topic, what="topic to replay into",
                          setting="kafka.input_topic or --to")
+    log.info("replay group %s", options.group_id)
     consumer = Consumer(cconf)
     sender = None if options.dry_run else Publisher(pconf)
     try:
@@ -357,7 +375,9 @@ def open_replay(k: KafkaSettings, options: ReplayOptions, stop: threading.Event 
             sender.close(10)
 
 
-def format_summary(s: ReplaySummary, dry_run: bool) -> str:
+def format_summary(s: ReplaySummary, dry_run: bool, options: ReplayOptions | None = None) -> str:
+    """The summary a user reads: the counts, the selected records by class (with samples in a dry
+    run), what was read but not selected, and (given `options`) the replay group and what it means."""
     verb = "would replay" if dry_run else "replayed"
     cut = sum(s.not_replayable.values())
     replayed = s.selected - s.loop_guard_skipped - cut if dry_run else s.replayed
@@ -370,4 +390,19 @@ def format_summary(s: ReplaySummary, dry_run: bool) -> str:
         lines.append(f"  {cls:<16} {n}{note}")
         for sample in s.samples.get(cls, []):
             lines.append(f"    [{sample['partition']}]@{sample['offset']} {sample['message']}: {sample['value']!r}")
+    if s.unselected:
+        classes = ", ".join(f"{cls} {n}" for cls, n in sorted(s.unselected.items(), key=lambda kv: (-kv[1], kv[0])))
+        lines.append(f"not selected (other classes): {sum(s.unselected.values())}: {classes}")
+    if s.outside_window:
+        lines.append(f"not selected (outside --since/--until): {s.outside_window}")
+    if options is not None:
+        lines.append(_group_line(options, dry_run))
     return "\n".join(lines)
+
+
+def _group_line(o: ReplayOptions, dry_run: bool) -> str:
+    """The replay group: what this run did to its position on the dead-letter topic."""
+    if dry_run:
+        return f"replay group {o.group_id}: nothing committed (dry run)"
+    return (f"replay group {o.group_id}: its position is committed after each chunk done; the next run with "
+            "this group starts there (each --error-class selection has its own group; --from-beginning reads all)")

@@ -23,12 +23,13 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Top
 
 from worker.config import KafkaSettings
 from worker.errors import WorkerError
-from worker.ops.brokers import ensure_reachable
+from worker.ops.brokers import REACH_TIMEOUT_S, ensure_reachable
 from worker.stream.kafka_conf import consumer_conf
 from worker.stream.records import ERROR_CLASS_HEADER, ERROR_HEADER, TRUNCATED_HEADER
 
 DEFAULT_LAST = 10
 PREVIEW_BYTES = 60
+REASON_CHARS = 80  # a dead letter's reason, cut at a word boundary beyond this
 # Errors a reader cannot wait out (others, such as a broker restart, librdkafka retries by itself).
 GIVE_UP = (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.TOPIC_AUTHORIZATION_FAILED)
 
@@ -110,8 +111,20 @@ def format_result(msg: Message, texts: Mapping[str, str] | None = None) -> str:
     return f"{_when(msg)}  {where}  {subject}  {labels}  [{latency}]"
 
 
+def clip(text: str, width: int = REASON_CHARS) -> str:
+    """`text` on one line, at most `width` characters: cut at a word boundary, with an ellipsis."""
+    text = " ".join(text.split())
+    if len(text) <= width:
+        return text
+    head = text[:width - 1]
+    space = head.rfind(" ")
+    if space >= width // 2:  # a word boundary not too far back; else cut the long word itself
+        head = head[:space]
+    return head.rstrip(" ,;:") + "…"
+
+
 def format_dead_letter(msg: Message) -> str:
-    """`time  partition:offset  error class  from topic[partition]@offset  reason  value preview`."""
+    """`time  partition:offset  error class  from topic[partition]@offset  reason  | value preview`."""
     headers = _headers(msg)
     error_class = headers.get(ERROR_CLASS_HEADER, b"?").decode(errors="replace")
     detail, origin = "", ""
@@ -120,12 +133,12 @@ def format_dead_letter(msg: Message) -> str:
         source = reason.get("source") or {}
         if source.get("topic") is not None:
             origin = f"from {source['topic']}[{source.get('partition')}]@{source.get('offset')}  "
-        detail = str(reason.get("message") or "")[:80]
+        detail = clip(str(reason.get("message") or ""))
     except (orjson.JSONDecodeError, AttributeError):
         pass
     cut = "  (value cut to fit)" if headers.get(TRUNCATED_HEADER) == b"1" else ""
     return (f"{_when(msg)}  p{msg.partition()}:{msg.offset()}  {error_class:<15}  {origin}{detail}  "
-            f"{_preview(msg.value())}{cut}")
+            f"| value {_preview(msg.value())}{cut}")
 
 
 def _value_json(value: bytes | None) -> dict[str, Any]:
@@ -182,7 +195,7 @@ class Tail:
         self.write(self.line(msg))
         self.shown += 1
 
-    def run(self, stop: Any, *, timeout_s: float = 5.0) -> int:
+    def run(self, stop: Any, *, timeout_s: float = REACH_TIMEOUT_S) -> int:
         """Show records until the end (or forever, following) or `stop` is set; returns how many."""
         o = self.options
         partitions = topic_partitions(self.conf, o.topic, timeout_s=timeout_s)
