@@ -6,12 +6,14 @@ Other settings that changed in the config file need a restart: one warning line 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from worker.config import Settings, is_secret, load_settings
+from worker.config import Settings, config_file_of, is_secret, load_settings, origin_of
 from worker.engine.engine import Engine
 from worker.engine.thresholds import Thresholds
 from worker.errors import WorkerError
@@ -61,6 +63,60 @@ def needing_restart(running: Settings, new: Settings) -> list[str]:
     return changed
 
 
+def _file_digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+@dataclass(frozen=True)
+class ThresholdSources:
+    """What the thresholds in use were made from: the thresholds file (its path, whether it is the
+    head's own thresholds.json, its content) and the config's global and per-label overrides."""
+
+    path: Path
+    own_file: bool  # the head's thresholds.json (model.thresholds_file unset)
+    file_digest: str | None
+    threshold: float | None
+    label_thresholds: dict[str, float]
+    settings: Settings | None = None  # where the overrides came from (None: not known)
+
+    def _origin(self, name: str, other: ThresholdSources) -> str:
+        """' in /etc/worker.yaml line 7': where `model.<name>` is (or was) set."""
+        known = [s for s in (self.settings, other.settings) if s is not None]
+        for s in known:
+            origin = origin_of(s, ("model", name))
+            if origin.kind != "default":
+                return f" in {origin.where()}"
+        files = [config_file_of(s) for s in known]
+        return next((f" in {f}" for f in files if f is not None), "")
+
+    def changes_since(self, before: ThresholdSources) -> list[str]:
+        """The sources that differ from `before`, in words: 'model.threshold 0.5 -> 0.3 in
+        /etc/worker.yaml line 7', 'the head's thresholds.json /m/head/thresholds.json'."""
+        out = []
+        if self.threshold != before.threshold:
+            old = "unset" if before.threshold is None else f"{before.threshold:g}"
+            new = "unset" if self.threshold is None else f"{self.threshold:g}"
+            out.append(f"model.threshold {old} -> {new}{self._origin('threshold', before)}")
+        if self.label_thresholds != before.label_thresholds:
+            labels = sorted(set(self.label_thresholds) | set(before.label_thresholds))
+            moved = [label for label in labels
+                     if self.label_thresholds.get(label) != before.label_thresholds.get(label)]
+            out.append(f"model.label_thresholds ({', '.join(moved)}){self._origin('label_thresholds', before)}")
+        if self.path != before.path:
+            out.append(f"model.thresholds_file {_file_name(before)} -> {_file_name(self)}"
+                       f"{self._origin('thresholds_file', before)}")
+        elif self.file_digest != before.file_digest:
+            out.append(f"{_file_name(self)} (its content)")
+        return out
+
+
+def _file_name(s: ThresholdSources) -> str:
+    return f"the head's thresholds.json {s.path}" if s.own_file else f"thresholds file {s.path}"
+
+
 class ThresholdReloader:
     def __init__(self, engine: Engine, metrics: Metrics, config_path: Path | None,
                  running: Settings | None = None) -> None:
@@ -69,6 +125,11 @@ class ThresholdReloader:
         self.metrics = metrics
         self.config_path = config_path
         self.running = running
+        o = engine.options
+        path = engine.thresholds_path(o.thresholds_file)
+        # what the thresholds in use were made from: a reload says which of these changed
+        self.applied = ThresholdSources(path, not o.thresholds_file, _file_digest(path), o.threshold,
+                                        dict(o.label_thresholds), running)
 
     def watched_files(self) -> list[Path]:
         """What a reload reads: the thresholds file in use and the config file."""
@@ -88,8 +149,10 @@ class ThresholdReloader:
                     out.append(None)
             return out
 
+        last = signature()  # taken before watch() returns: a change made after it is always seen
+
         def run() -> None:
-            last = signature()
+            nonlocal last
             while not stop.wait(interval_s):
                 now = signature()
                 if now != last:
@@ -110,21 +173,26 @@ class ThresholdReloader:
             self._warn_restart_needed(settings, trigger)
             model = settings.model
             path = self.engine.thresholds_path(model.thresholds_file)
+            sources = ThresholdSources(path, not model.thresholds_file, _file_digest(path), model.threshold,
+                                       dict(model.label_thresholds), settings)
             new = Thresholds.load(path, global_override=model.threshold, per_label=model.label_thresholds)
         except WorkerError as exc:
             self.metrics.threshold_reloads.labels(result="failed").inc()
             log.error("threshold reload refused, still using %s: %s", old.digest(), str(exc).replace("\n", "; "))
             return False
+        # what changed among the sources: the file, model.threshold, model.label_thresholds
+        why = "; ".join(sources.changes_since(self.applied)) or f"no source changed ({_file_name(sources)})"
+        self.applied = sources
         changed = [f"{label} {old.values[label]:g}->{new.values[label]:g}" for label in LABELS
                    if old.values[label] != new.values[label]]
         self.metrics.threshold_reloads.labels(result="ok").inc()
         if not changed:
-            log.info("thresholds reloaded from %s: unchanged (%s)", path, old.digest())
+            log.info("thresholds reloaded (%s): unchanged (%s)", why, old.digest())
             return True
         self.engine.use_thresholds(new)
         identity = self.engine.identity
         self.metrics.set_model(identity.embedder, identity.head, identity.thresholds_hash, identity.pooling)
-        log.info("thresholds reloaded from %s: %s -> %s; %d changed: %s", path, old.digest(), new.digest(),
+        log.info("thresholds reloaded (%s): %s -> %s; %d changed: %s", why, old.digest(), new.digest(),
                  len(changed), ", ".join(changed))
         return True
 
