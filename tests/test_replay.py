@@ -69,8 +69,8 @@ def test_replay_after_a_config_fix_turns_dead_letters_into_results(
             assert not any(k.startswith("emotion-worker.error") for k in headers)
 
         # The loop guard: invalid JSON stays invalid; replayed once, it is refused the second time.
-        # (This replay group's progress is past them already: the first replay read the whole topic.)
-        first = replay(env, "--error-class", "invalid_json", "--max-replays", "1", "--from-beginning")
+        # (A selection of its own: its replay group starts at the beginning, not past the first replay's.)
+        first = replay(env, "--error-class", "invalid_json", "--max-replays", "1")
         assert first.returncode == 0 and "replayed 10" in first.stdout, first.stdout + first.stderr
         assert len(read_all(broker.bootstrap, topics.dlq, expect=40, timeout=60)) == 40
         again = replay(env, "--error-class", "invalid_json", "--max-replays", "1")
@@ -189,7 +189,7 @@ def test_a_cut_dead_letter_is_counted_not_replayable_and_exits_1(broker: LocalBr
     (["--idle-timeout", "0"], "'--idle-timeout'"),
     (["--since", "yesterday"], "ISO 8601"),
     (["--from-offset", "0-12"], "PARTITION:OFFSET"),
-    ([], "cannot reach the dead-letter topic's brokers 127.0.0.1:1 within 5 s"),
+    (["--timeout", "1"], "cannot reach the dead-letter topic's brokers 127.0.0.1:1 within 1 s (connection refused)"),
 ])
 def test_usage_and_connection_mistakes_are_one_line_and_exit_2(args: list[str], expected: str,
                                                                tmp_path: Path) -> None:
@@ -199,3 +199,41 @@ def test_usage_and_connection_mistakes_are_one_line_and_exit_2(args: list[str], 
     assert "Traceback" not in res.stdout + res.stderr
     errors = [line for line in res.stderr.splitlines() if line.lower().startswith("error")]
     assert len(errors) == 1 and expected in errors[0], res.stderr
+
+
+def test_replaying_one_class_leaves_the_others_for_their_own_replay(broker: LocalBroker, tiny_encoder: Path,
+                                                                     tiny_head: Path) -> None:
+    """The workflow "fix the cause, then replay that class": a replay of one class does not move a
+    replay of another past its dead letters; a selection that finds none says what it passed over."""
+    topics = Topics.fresh(broker, partitions=1)
+    target = f"{topics.input}-replayed"
+    broker.create_topics([target], partitions=1)
+    records = []
+    for i, reason in enumerate(["not_an_object", "invalid_utf8", "not_an_object", "missing_text"]):
+        env_ = Envelope(Source(topics.input, 0, i, None), f"k{i}".encode(), [], orjson.dumps({"id": f"r{i}"}))
+        rec = dead_letter_record(Rejected(env_, reason, "whatever"), max_record_bytes=1_000_000)
+        records.append((rec.key, rec.value, rec.headers))
+    produce(broker.bootstrap, topics.dlq, records)
+    env = worker_env(broker, topics, tiny_encoder, tiny_head)
+
+    first = replay(env, "--error-class", "not_an_object", "--to", target)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "read 4 dead letters; selected 2; replayed 2;" in first.stdout
+    assert "not selected (other classes): 2: invalid_utf8 1, missing_text 1" in first.stdout
+    assert f"replay group {topics.group}-replay-not_an_object: " in first.stdout
+
+    second = replay(env, "--error-class", "invalid_utf8", "--to", target)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "selected 1; replayed 1;" in second.stdout, second.stdout
+    assert f"replay group {topics.group}-replay-invalid_utf8: " in second.stdout
+
+    again = replay(env, "--error-class", "invalid_utf8", "--to", target)
+    assert again.returncode == 0 and "read 0 dead letters; selected 0; replayed 0;" in again.stdout, again.stdout
+
+    rest = replay(env, "--error-class", "missing_text", "--error-class", "invalid_utf8", "--to", target)
+    assert "selected 2; replayed 2;" in rest.stdout, rest.stdout
+    assert "not selected (other classes): 2: not_an_object 2" in rest.stdout
+    assert f"replay group {topics.group}-replay-invalid_utf8+missing_text: " in rest.stdout
+    replayed = read_all(broker.bootstrap, target, expect=5, timeout=30)
+    assert Counter(orjson.loads(m.value() or b"{}")["id"] for m in replayed) == Counter(
+        {"r0": 1, "r2": 1, "r1": 2, "r3": 1})

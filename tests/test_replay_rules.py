@@ -1,6 +1,7 @@
 """replay-dead-letters' rules in-process, with a fake dead-letter consumer and a fake sender:
 chunks, commit only after acknowledgement, the loop guard, not-replayable (cut) dead letters,
-selection by class and time, where a replay starts, dry run, stop and a refused commit."""
+selection by class and time (and what it left out, by class), the replay group of a selection,
+where a replay starts, dry run, stop and a refused commit."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import orjson
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
-from worker.ops.replay import Replay, ReplayOptions, ReplaySummary, format_summary
+from worker.ops.replay import Replay, ReplayOptions, ReplaySummary, default_group, format_summary
 from worker.stream.publish import Outgoing
 from worker.stream.records import (
     ERROR_HEADER,
@@ -276,3 +277,31 @@ def test_rate_limits_records_per_second() -> None:
     started = time.monotonic()
     assert rig.run().replayed == 11
     assert time.monotonic() - started >= 0.1  # 11 records at 100/s: 0.1 s after the first
+
+
+def test_each_selection_of_classes_has_its_own_default_replay_group() -> None:
+    assert default_group("emotion-worker", frozenset()) == "emotion-worker-replay"
+    assert default_group("emotion-worker", frozenset({"too_large"})) == "emotion-worker-replay-too_large"
+    assert default_group("g", frozenset({"too_large", "invalid_json"})) == "g-replay-invalid_json+too_large"
+    assert default_group("g", {"invalid_json", "too_large"}) == default_group("g", {"too_large", "invalid_json"})
+
+
+def test_what_a_selection_leaves_out_is_counted_by_class_and_said_in_the_summary() -> None:
+    records = [dead_letter(0, "not_an_object"), dead_letter(1, "invalid_utf8"), dead_letter(2, "not_an_object"),
+               dead_letter(3, "invalid_json"), dead_letter(4, "invalid_utf8")]
+    rig = Rig(*records, error_classes=frozenset({"missing_text"}))
+    s = rig.run()
+    assert (s.read, s.selected, s.replayed) == (5, 0, 0) and s.complete
+    assert s.unselected == {"not_an_object": 2, "invalid_utf8": 2, "invalid_json": 1}
+    assert s.as_dict()["not_selected_by_class"] == {"not_an_object": 2, "invalid_utf8": 2, "invalid_json": 1}
+    lines = format_summary(s, dry_run=False, options=rig.options).splitlines()
+    assert lines[0].startswith("read 5 dead letters; selected 0; replayed 0;")
+    assert lines[1] == "not selected (other classes): 5: invalid_utf8 2, not_an_object 2, invalid_json 1"
+    assert lines[2].startswith("replay group g-replay: its position is committed after each chunk done")
+
+    timed = Rig(*records, error_classes=frozenset({"invalid_utf8"}), since_ms=T0 + 2000, dry_run=True)
+    s = timed.run()
+    assert (s.selected, s.outside_window, s.unselected) == (1, 1, {"not_an_object": 2, "invalid_json": 1})
+    text = format_summary(s, dry_run=True, options=timed.options)
+    assert "not selected (outside --since/--until): 1" in text
+    assert "replay group g-replay: nothing committed (dry run)" in text
