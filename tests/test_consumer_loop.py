@@ -249,3 +249,24 @@ def test_a_fatal_consumer_error_ends_the_run_with_its_own_exit_status() -> None:
         timer.cancel()
     assert not stop.is_set() and status == ExitStatus.FATAL == 3
     assert rig.consumer.closed and rig.sender.closed
+
+
+def test_close_bounds_the_revoke_it_triggers_by_the_shutdown_timeout(rig: Rig) -> None:
+    """librdkafka revokes the partitions when the consumer closes: that revoke must not wait its own
+    revoke timeout on top of the drain the stream already gave the in-flight work."""
+    import time
+
+    rig.consumer.rebalance("assign", P0)
+    rig.feed(*(chat("in", 0, off) for off in range(3)))
+    rig.sender.wait_for(3)  # never acknowledged: the drain cannot finish
+    close = rig.consumer.close
+
+    def close_revoking() -> None:
+        rig.consumer.rebalance("revoke", P0)
+        close()
+
+    rig.consumer.close = close_revoking  # type: ignore[method-assign]
+    started = time.monotonic()
+    assert rig.stream.close(1.0) is False
+    assert time.monotonic() - started < 2.5  # the revoke's own timeout is 10 s
+    assert rig.stream.exit_status() == ExitStatus.UNFINISHED

@@ -118,6 +118,7 @@ class ConsumerLoop:
         self._paused: set[PartitionId] = set()
         self._redelivering: set[PartitionId] = set()  # partitions inside a run of redelivered messages
         self._last_commit = time.monotonic()
+        self._close_deadline: float | None = None  # set by close: the revoke it triggers waits at most until then
         self.transactions = transactions
         self._seeks: dict[PartitionId, int] = {}  # exactly_once: rewinds whose seek is still to be done
         # "input topic X does not exist yet" told once (librdkafka's repeats absorbed), readiness red till it does
@@ -164,6 +165,9 @@ class ConsumerLoop:
         commit waits for the broker's answer.)"""
         if self._consumer is None:
             return True
+        # Closing revokes the partitions: their in-flight work already had the stream's drain
+        # window, so the revoke waits only for what is left of `timeout`, not a revoke's own.
+        self._close_deadline = time.monotonic() + timeout
         committed = self.commit(asynchronous=False)
         try:
             self._consumer.close()
@@ -220,6 +224,8 @@ class ConsumerLoop:
         tps = [(p.topic, p.partition) for p in partitions]
         self.metrics.rebalances.labels(kind="revoke").inc()
         timeout = self.options.revoke_timeout_s
+        if self._close_deadline is not None:
+            timeout = min(timeout, max(0.0, self._close_deadline - time.monotonic()))
         if not self.tracker.wait_drained(tps, timeout):
             log.warning("revoke: in-flight work of %s not done in %.0fs; abandoning it (it will be redone "
                         "by the next owner)", _names(partitions), timeout)

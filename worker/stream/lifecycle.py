@@ -84,8 +84,9 @@ class Stream:
         self.tracker.wait_drained(None, left(1.0))
         threads_ended = self.processing.close(max(0.2, left(1.0)))  # an idle thread notices in 0.1 s
         flushed = self.sender.close(max(0.1, left(0.5)))
-        committed = self.loop.close(left(0.0))
+        # Counted before the consumer closes: its revoke lets go of (forgets) what is unfinished.
         unfinished = self.tracker.unfinished()
+        committed = self.loop.close(left(0.0))
         self.clean = unfinished == 0 and threads_ended and flushed and committed
         if unfinished:
             log.warning("stopped with %d messages unfinished; they were not committed and will be redone", unfinished)
