@@ -48,6 +48,7 @@ from worker.stream.types import PartitionId
 log = logging.getLogger(__name__)
 
 CALL_TIMEOUT_S = 10.0  # each transactional call (init, offsets, commit, abort) waits at most this
+RETRY_INIT_S = 1.0  # init_transactions again after a failure (at each commit): at most this long
 FLUSH_TIMEOUT_S = 30.0  # a commit waits this long for the transaction's deliveries, then aborts
 SERVE_WAIT_S = 0.05
 _FENCED = (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH)
@@ -90,6 +91,7 @@ class TransactionalPublisher:
         self._why_abort: str | None = None  # why the open transaction must abort; set by delivery reports too
         self._dropped = False  # a record was dropped since the last commit: its work must be redone
         self._in_txn = False  # a transaction was begun and has not ended
+        self._init_waiting = False  # init_transactions has failed (said once) and is retried
         self._too_large: set[int] = set()  # crc32 of records the broker refused for their size: sent cut
         self._poll_error: KafkaError | None = None
         self.fatal: KafkaError | None = None  # fenced by a newer instance with our transactional id
@@ -111,13 +113,10 @@ class TransactionalPublisher:
     def start(self) -> None:
         """Make the producer, initialise transactions (aborting what an earlier instance with the
         same transactional id left open) and start the thread that serves delivery reports."""
+        log.info("exactly-once: results, dead letters and input offsets in transactions (transactional id %s); "
+                 "readers of the output need isolation.level=read_committed", self.transactional_id)
         with self._lock:
-            if self._ready():
-                log.info("exactly-once: results, dead letters and input offsets in transactions (transactional id "
-                         "%s); readers of the output need isolation.level=read_committed", self.transactional_id)
-            else:
-                log.warning("transactions not initialised yet (transactional id %s); retrying at each commit",
-                            self.transactional_id)
+            self._ready(self.call_timeout_s)
         self.thread.start()
 
     def send(self, item: Outgoing) -> None:
@@ -326,8 +325,10 @@ class TransactionalPublisher:
             if self._state is State.OPEN:
                 self._state = State.DOOMED
 
-    def _ready(self) -> bool:
-        """Bring the producer to IDLE from UNINIT or DEAD (a fresh producer). True when ready."""
+    def _ready(self, timeout: float = RETRY_INIT_S) -> bool:
+        """Bring the producer to IDLE from UNINIT or DEAD (a fresh producer), waiting at most
+        `timeout` for init_transactions (a call that timed out resumes where it was at the next
+        one: while the brokers are away, each commit interval waits only this). True when ready."""
         if self._state is State.DEAD and self.fatal is None:
             old, self._producer = self._producer, None
             if old is not None:
@@ -336,15 +337,20 @@ class TransactionalPublisher:
             self._state = State.UNINIT
         if self._state is State.UNINIT:
             try:
-                self._call(lambda: self.producer.init_transactions(self.call_timeout_s))
+                self.producer.init_transactions(timeout)
             except KafkaException as exc:
                 err = _error(exc)
                 if err is not None and err.fatal():
                     self._failed_call("init_transactions", exc)
-                else:
-                    log.warning("init_transactions: %s", err.str() if err is not None else exc)
+                elif not self._init_waiting:  # said once; the brokers' reachability is told by the clients
+                    self._init_waiting = True
+                    log.warning("transactions not initialised yet (transactional id %s): %s; retrying at each commit",
+                                self.transactional_id, err.str() if err is not None else exc)
                 return False
             self._state = State.IDLE
+            if self._init_waiting:
+                self._init_waiting = False
+                log.info("transactions initialised (transactional id %s)", self.transactional_id)
         return self._state in (State.IDLE, State.OPEN)
 
     # ---- delivery reports ---------------------------------------------------------------------------
