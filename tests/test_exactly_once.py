@@ -126,6 +126,7 @@ class FakeTransactionalProducer:
     fail_commits: list[KafkaError] = field(default_factory=list)  # the next commits fail with these
     current_generation: int = 1  # the group's: offsets of an older one are refused (KIP-447)
     inits: int = 0
+    hold_reports: bool = False  # delivery reports wait (as while the broker is slow to answer)
     _open: list[tuple[str, bytes]] | None = None
     _reports: list[tuple[Callable[..., None], KafkaError | None, _Delivered]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -149,7 +150,7 @@ class FakeTransactionalProducer:
 
     def poll(self, timeout: float) -> int:
         with self._lock:
-            reports, self._reports = self._reports, []
+            reports, self._reports = ([], self._reports) if self.hold_reports else (self._reports, [])
         for callback, err, msg in reports:
             callback(err, msg)
         if not reports:
@@ -184,8 +185,8 @@ class FakeTransactionalProducer:
         if self._open is not None:
             self.aborted.append(self._open)
         self._open, self._pending_offsets = None, {}
-        with self._lock:
-            self._reports.clear()
+        with self._lock:  # like librdkafka: what was not delivered yet is purged, and reported so
+            self._reports = [(cb, KafkaError(KafkaError._PURGE_QUEUE, "purged"), msg) for cb, _, msg in self._reports]
 
     def purge(self, **_: Any) -> None:
         pass
@@ -323,9 +324,12 @@ def test_revoke_commits_the_open_transaction_before_letting_go(rig: Rig) -> None
 
 def test_a_lost_partition_aborts_the_open_transaction_and_rewinds_the_others(rig: Rig) -> None:
     rig.consumer.rebalance("assign", P0, P1)
+    rig.producer.hold_reports = True  # the abort comes before the deliveries: they are purged
     rig.feed(*(chat("in", p, off) for off in range(3) for p in (0, 1)))
-    rig.processed(6)
+    assert wait_until(lambda: len(rig.producer._open or []) == 6, 5)
     rig.consumer.rebalance("lost", P1)
+    rig.producer.hold_reports = False  # the purge reports of the aborted transaction: they doom nothing after it
+    assert wait_until(lambda: len(rig.producer) == 0, 5)
     assert rig.producer.visible == [] and rig.producer.offsets == {}
     assert rig.metric("aborted") == 1
     assert rig.consumer.seeks == [(P0, 0)]

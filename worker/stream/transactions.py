@@ -150,8 +150,8 @@ class TransactionalPublisher:
             if err is None:
                 item.on_ack()  # counts for a current ticket only; a rewind voids an aborted one's
                 return
-            if txn != self._txn:
-                return  # an aborted transaction's record (purged by the abort)
+            if txn != self._txn or not self._in_txn:
+                return  # a record of a transaction that ended (purged by its abort)
             if err.code() in _SIZE_REFUSED and item.shrink is not None:
                 self._too_large.add(zlib.crc32(item.record.value))
             self._doom(f"delivery to {item.topic} failed: {err.str()}")
