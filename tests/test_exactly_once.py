@@ -429,8 +429,8 @@ def read_committed(bootstrap: str, *topics: str, expect: int, timeout: float = 6
 def check_exactly_once(broker: TransactionalBroker, topics: Topics, n: int, partitions: int) -> dict[str, int]:
     """Once the group's committed offsets reach the end (all n inputs), a fresh read_committed
     reader (noida-db: a reader caught up before may miss later transactions) finds each input id
-    exactly once in the output, no dead letter, and the committed offsets are one past each input
-    partition's last offset."""
+    exactly once in the output, in input order per key, no dead letter, and the committed offsets
+    are one past each input partition's last offset."""
     def done() -> bool:
         return sum(max(o, 0) for o in committed(broker.bootstrap, topics.group, topics.input, partitions).values()) >= n
 
@@ -441,6 +441,10 @@ def check_exactly_once(broker: TransactionalBroker, topics: Topics, n: int, part
     result = {"sent": n, "outputs": sum(ids.values()), "lost": len(sent - set(ids)),
               "duplicates": sum(ids.values()) - len(set(ids)), "dead_letters": len(got[topics.dlq])}
     assert result["lost"] == 0 and result["duplicates"] == 0 and result["dead_letters"] == 0, result
+    by_key: dict[bytes, list[int]] = {}  # one key's messages share an input and an output partition
+    for m in got[topics.output]:
+        by_key.setdefault(m.key(), []).append(orjson.loads(m.value())["source"]["offset"])
+    assert all(offsets == sorted(offsets) for offsets in by_key.values()), "outputs out of input order"
     ends: Counter[int] = Counter()  # one past each input partition's last offset, from the outputs' sources
     for m in got[topics.output]:
         source = orjson.loads(m.value())["source"]
