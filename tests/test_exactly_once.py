@@ -56,7 +56,8 @@ def test_exactly_once_refuses_another_output_cluster_in_one_line(tmp_path: Path)
     res = run_cli("run", env=env, cwd=tmp_path)
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0, res.stderr
-    assert "output_bootstrap_servers must be unset with kafka.delivery exactly_once" in res.stderr
+    assert res.stderr.startswith("error: config: EMOTION_WORKER_KAFKA__DELIVERY: exactly_once needs "
+                                 "kafka.output_bootstrap_servers unset"), res.stderr
     assert "Traceback" not in res.stderr
 
 

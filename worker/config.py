@@ -118,18 +118,26 @@ class KafkaSettings(Section):
         """`exactly-once`, `Exactly_Once`: the same choice."""
         return value.strip().lower().replace("-", "_") if isinstance(value, str) else value
 
+    @field_validator("delivery")
+    @classmethod
+    def _one_cluster(cls, value: str, info: ValidationInfo) -> str:
+        """exactly_once: one transaction holds the results and the input offsets: one cluster."""
+        out, servers = info.data.get("output_bootstrap_servers"), info.data.get("bootstrap_servers")
+        if value == "exactly_once" and out is not None and out != servers:
+            raise ValueError("exactly_once needs kafka.output_bootstrap_servers unset (one transaction holds the "
+                             "results and the input offsets, so they share one cluster); or use at_least_once")
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> KafkaSettings:
         problems = []
-        if (self.delivery == "exactly_once" and self.output_bootstrap_servers is not None
-                and self.output_bootstrap_servers != self.bootstrap_servers):
-            problems.append("kafka.output_bootstrap_servers must be unset with kafka.delivery exactly_once (one "
-                            "transaction holds the results and the input offsets, so they share one cluster)")
         for key in self.consumer:
             if key in RESERVED_CONSUMER:
                 problems.append(f"kafka.consumer.{key} is set by the worker; use the kafka section fields")
         for key in self.producer:
-            if key in RESERVED_PRODUCER:
+            if key == "transactional.id":
+                problems.append("kafka.producer.transactional.id is set by the worker; use kafka.transactional_id")
+            elif key in RESERVED_PRODUCER:
                 problems.append(f"kafka.producer.{key} is set by the worker (idempotent, acks=all)")
         props = {**self.common, **self.consumer, **self.producer}
         protocol = props.get("security.protocol", "plaintext").lower()
