@@ -40,7 +40,8 @@ def processing_options(settings: Settings) -> ProcessingOptions:
     i, b = settings.input, settings.batching
     return ProcessingOptions(text_field=i.text_field, id_field=i.id_field, max_value_bytes=i.max_value_bytes,
                              max_batch_size=b.max_batch_size, max_wait_s=b.max_wait_ms / 1000,
-                             concurrent_batches=b.concurrent_batches)
+                             concurrent_batches=b.concurrent_batches,
+                             max_batch_s=b.max_batch_ms / 1000 if b.max_batch_ms else None)
 
 
 def output_options(settings: Settings) -> OutputOptions:

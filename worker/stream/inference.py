@@ -68,6 +68,7 @@ class InferenceThreads:
             batch = self.batcher.next_batch(idle_timeout_s=IDLE_WAIT_S)
             if batch:
                 self._infer(batch)
+                self.batcher.done(batch)
             elif self._stop.is_set() and self.batcher.qsize() == 0:
                 return
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from worker.observe.metrics import Metrics
 from worker.stream.decode import decode
 from worker.stream.inference import Classifier, InferenceThreads
-from worker.stream.microbatch import MicroBatcher
+from worker.stream.microbatch import MicroBatcher, estimated_tokens
 from worker.stream.outputs import Outputs
 from worker.stream.release import OrderedRelease
 from worker.stream.types import Envelope, Outcome, PartitionId, Rejected, Ticket, Work
@@ -36,6 +36,7 @@ class ProcessingOptions:
     max_batch_size: int  # messages per micro-batch handed to the engine
     max_wait_s: float  # longest a message waits for its micro-batch to fill
     concurrent_batches: int  # micro-batches in inference at once
+    max_batch_s: float | None = None  # a micro-batch's estimated compute time closes it at this (None: count only)
 
 
 class Processing:
@@ -43,7 +44,8 @@ class Processing:
                  wanted: Callable[[Ticket], bool]) -> None:
         self.options = options
         self.release: OrderedRelease[Work, Outcome] = OrderedRelease(lambda w: w.ticket, outputs.publish)
-        self.batcher: MicroBatcher[Work] = MicroBatcher(options.max_batch_size, options.max_wait_s)
+        self.batcher: MicroBatcher[Work] = MicroBatcher(options.max_batch_size, options.max_wait_s,
+                                                        cost=_tokens, budget_s=options.max_batch_s)
         # Micro-batches side by side: while one is tokenised, finishing its last model call or
         # publishing, the other keeps the model threads busy.
         self.inference = InferenceThreads(classifier, self.batcher, self.release, metrics, wanted=wanted,
@@ -81,3 +83,7 @@ class Processing:
 
     def describe(self) -> dict[str, object]:
         return {"inference": self.inference.describe(), "release": self.release.describe()}
+
+
+def _tokens(work: Work) -> float:
+    return estimated_tokens(work.message.text) if work.message is not None else 0.0
