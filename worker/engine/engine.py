@@ -198,10 +198,10 @@ class Engine:
         unique = list(positions)
         tokenized = self._tokenize(unique, timing)
         for indices, probs in self._scored_batches(tokenized, timing):
-            passed = thresholds.passed(probs)
+            rows, passed = probs.tolist(), thresholds.passed(probs).tolist()  # one conversion per call
             chunk: list[tuple[int, Result]] = []
             for row, k in enumerate(indices):
-                result = self._result(probs[row], passed[row], tokenized.truncated[k], len(tokenized.ids[k]), digest)
+                result = self._result(rows[row], passed[row], tokenized.truncated[k], len(tokenized.ids[k]), digest)
                 self.cache.put((digest, unique[k]), result)
                 chunk.extend((i, result) for i in positions[unique[k]])
             yield chunk
@@ -214,10 +214,10 @@ class Engine:
         return [r for r in results if r is not None]
 
     @staticmethod
-    def _result(probs: np.ndarray, passed: np.ndarray, truncated: bool, tokens: int, digest: str) -> Result:
-        scores = {label: float(p) for label, p in zip(LABELS, probs.tolist(), strict=True)}
-        on = [LABELS[j] for j in np.flatnonzero(passed)]
-        on.sort(key=lambda label: scores[label], reverse=True)
+    def _result(probs: list[float], passed: list[bool], truncated: bool, tokens: int, digest: str) -> Result:
+        scores = dict(zip(LABELS, probs, strict=True))
+        on = sorted([label for label, ok in zip(LABELS, passed, strict=True) if ok], key=scores.__getitem__,
+                    reverse=True)
         return Result(labels=on, scores=scores, no_label=not on, truncated=truncated, tokens=tokens,
                       thresholds_hash=digest)
 
