@@ -212,3 +212,24 @@ def test_batches_cut_by_compute_time_publish_every_message_once_in_order() -> No
     assert sum(classifier.batches) == 120
     later = classifier.batches[len(classifier.batches) // 2:]
     assert max(later) <= 4, classifier.batches
+
+
+def test_small_batches_do_not_move_the_measured_rate() -> None:
+    """A trickle's one-text batches cost mostly a call's fixed cost: measured, they would make the
+    engine look slow and cut the next burst into small batches."""
+    clock = Clock()
+    rate = ComputeRate(horizon=1e9, clock=clock)
+    batcher: MicroBatcher[int] = MicroBatcher(max_size=100, max_wait_s=0.01, cost=lambda _: 10.0, budget_s=0.1,
+                                              rate=rate)
+    for i in range(100):
+        batcher.put(i)
+    burst = batcher.next_batch(0.1)
+    clock.now += 0.1
+    batcher.done(burst)  # 1000 units in 0.1 s
+    for i in range(20):  # a trickle: 1 unit-10 item in 5 ms each
+        batcher.put(i)
+        lone = batcher.next_batch(0.1)
+        clock.now += 0.005
+        batcher.done(lone)
+        clock.now += 1.0
+    assert rate.per_second() == pytest.approx(10_000)

@@ -26,7 +26,10 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 GAP_S = 0.002  # no new message for this long, with the queue empty: the batch closes
-HORIZON_TOKENS = 20_000.0  # the compute rate is averaged over about this much work (~1 s on 2 cores, int8)
+HORIZON_TOKENS = 5_000.0  # the compute rate is averaged over about this much work (~0.2 s on 2 cores, int8)
+# Batches under this share of the budget tell more about a call's fixed cost than about the engine's
+# speed: they do not move the measured rate (at a trickle it stays what the last busy spell measured).
+MEASURED_SHARE = 0.25
 
 
 class ComputeRate:
@@ -54,10 +57,14 @@ class ComputeRate:
             self._tick(self._clock())
             self._running += 1
 
-    def finished(self, cost: float) -> None:
+    def finished(self, cost: float, *, measure: bool = True) -> None:
+        """A batch is done; with `measure` false its time and cost do not move the rate."""
         with self._lock:
             self._tick(self._clock())
             self._running = max(0, self._running - 1)
+            if not measure:
+                self._busy_s = 0.0
+                return
             keep = math.exp(-cost / self.horizon)
             self._cost_sum = self._cost_sum * keep + cost
             self._time_sum = self._time_sum * keep + self._busy_s
@@ -133,7 +140,9 @@ class MicroBatcher(Generic[T]):
     def done(self, batch: Sequence[T]) -> None:
         """A batch from next_batch is finished: its cost and time go into the measured rate."""
         if self.rate is not None and self.cost is not None:
-            self.rate.finished(sum(self.cost(item) for item in batch))
+            cost = sum(self.cost(item) for item in batch)
+            budget = self.budget()  # infinite until a first batch is measured
+            self.rate.finished(cost, measure=math.isinf(budget) or cost >= MEASURED_SHARE * budget)
 
 
 def estimated_tokens(text: str) -> float:
