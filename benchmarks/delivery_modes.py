@@ -82,7 +82,13 @@ def steady_load(bootstrap: str, topic: str, texts: list[str], rate: float, secon
             time.sleep(delay)
         msg_id = f"{tag}{i}"
         sent[msg_id] = time.time()
-        p.produce(topic, value=orjson.dumps({"id": msg_id, "text": texts[i % len(texts)]}), key=str(i).encode())
+        value = orjson.dumps({"id": msg_id, "text": texts[i % len(texts)]})
+        while True:
+            try:
+                p.produce(topic, value=value, key=str(i).encode())
+                break
+            except BufferError:  # the local queue is full: let librdkafka send, then retry
+                p.poll(0.05)
         p.poll(0)
     p.flush(10)
     return sent
