@@ -66,20 +66,43 @@ def test_a_lone_message_goes_at_once() -> None:
 
 
 def test_a_burst_stays_together_and_the_next_one_waits_for_its_own_batch() -> None:
-    batcher: MicroBatcher[int] = MicroBatcher(max_size=100, max_wait_s=5.0, gap_s=0.5)
+    batcher: MicroBatcher[int] = MicroBatcher(max_size=100, max_wait_s=5.0, gap_s=0.2)
 
     def burst() -> None:
         for i in range(10):
             batcher.put(i)
             time.sleep(0.02)  # far inside the gap
-        time.sleep(1.5)  # far past it
+        time.sleep(0.6)  # far past it
         batcher.put(10)
 
     producer = threading.Thread(target=burst, daemon=True)
     producer.start()
-    assert batcher.next_batch(idle_timeout_s=2.0) == list(range(10))
+    first = batcher.next_batch(idle_timeout_s=2.0)
+    assert first == list(range(10))
+    batcher.done(first)
     assert batcher.next_batch(idle_timeout_s=3.0) == [10]
     producer.join(timeout=5)
+
+
+def test_a_batch_keeps_collecting_while_another_is_in_inference() -> None:
+    """Past gaps, until the batch ahead is done: it could not start before anyway, and bigger
+    batches cost less per message under load. Then it closes after the gap."""
+    batcher: MicroBatcher[int] = MicroBatcher(max_size=100, max_wait_s=0.05, gap_s=0.05, cost=lambda _: 1.0,
+                                              budget_s=5.0)
+    batcher.put(-1)
+    ahead = batcher.next_batch(idle_timeout_s=0.1)  # in inference until done()
+
+    def arrivals() -> None:
+        for i in range(5):
+            batcher.put(i)
+            time.sleep(0.1)  # twice the gap
+        time.sleep(0.2)
+        batcher.done(ahead)
+
+    threading.Thread(target=arrivals, daemon=True).start()
+    t0 = time.monotonic()
+    assert batcher.next_batch(idle_timeout_s=1.0) == [0, 1, 2, 3, 4]
+    assert 0.6 <= time.monotonic() - t0 < 3.0
 
 
 class Clock:

@@ -251,7 +251,7 @@ class BatchingSettings(Section):
     max_wait_ms: int = Field(10, ge=0, le=60_000)
     # A micro-batch closes when its estimated compute time (its texts' estimated tokens at the rate the
     # engine was measured to get through them) reaches this; 0: by count and wait alone.
-    max_batch_ms: int = Field(50, ge=0, le=60_000)
+    max_batch_ms: int = Field(100, ge=0, le=60_000)
     # Micro-batches in inference at once: with 2, one is prepared or finishing while the other runs.
     concurrent_batches: int = Field(2, ge=1, le=16)
     max_in_flight: int | None = Field(None, ge=1)  # deprecated: moved to kafka.max_in_flight

@@ -67,8 +67,10 @@ class InferenceThreads:
         while True:
             batch = self.batcher.next_batch(idle_timeout_s=IDLE_WAIT_S)
             if batch:
-                self._infer(batch)
-                self.batcher.done(batch)
+                try:
+                    self._infer(batch)
+                finally:
+                    self.batcher.done(batch)
             elif self._stop.is_set() and self.batcher.qsize() == 0:
                 return
 

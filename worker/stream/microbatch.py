@@ -93,6 +93,8 @@ class MicroBatcher(Generic[T]):
         # a negative timeout, i.e. until the next put. Two inference threads hit that: one sat on a
         # half-collected micro-batch while the partitions were paused for back-pressure, forever.
         self._queue: queue.Queue[T] = queue.Queue()
+        self._running = 0  # batches handed out and not yet done
+        self._running_lock = threading.Lock()
 
     def put(self, item: T) -> None:
         self._queue.put(item)
@@ -118,27 +120,45 @@ class MicroBatcher(Generic[T]):
         cost = self.cost
         budget = self.budget()
         spent = cost(first) if cost is not None else 0.0
-        deadline = time.monotonic() + self.max_wait_s
+        start = time.monotonic()
+        deadline, busy_deadline = start + self.max_wait_s, start + max(self.max_wait_s, self.budget_s or 0.0)
         while len(batch) < self.max_size and spent < budget:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
-                remaining = min(deadline - time.monotonic(), self.gap_s)
-                if remaining <= 0:
+                more = self._wait_for_more(deadline, busy_deadline)
+                if more is None:
                     break
-                try:
-                    item = self._queue.get(timeout=remaining)
-                except queue.Empty:
-                    break
+                item = more
             batch.append(item)
             if cost is not None:
                 spent += cost(item)
+        with self._running_lock:
+            self._running += 1
         if self.rate is not None:
             self.rate.started()
         return batch
 
+    def _wait_for_more(self, deadline: float, busy_deadline: float) -> T | None:
+        """The next item, or None when the batch should close: no item for gap_s with no other
+        batch in inference, or the deadline. While another batch is in inference this one could
+        not start anyway: it keeps collecting, past gaps, until that one is done (or until
+        busy_deadline), so that under load batches grow and cost less per message."""
+        while True:
+            busy = self._running > 0
+            remaining = min((busy_deadline if busy else deadline) - time.monotonic(), self.gap_s)
+            if remaining <= 0:
+                return None
+            try:
+                return self._queue.get(timeout=remaining)
+            except queue.Empty:
+                if self._running == 0:
+                    return None
+
     def done(self, batch: Sequence[T]) -> None:
         """A batch from next_batch is finished: its cost and time go into the measured rate."""
+        with self._running_lock:
+            self._running = max(0, self._running - 1)
         if self.rate is not None and self.cost is not None:
             cost = sum(self.cost(item) for item in batch)
             budget = self.budget()  # infinite until a first batch is measured
