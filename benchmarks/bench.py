@@ -7,9 +7,16 @@
    sentence-transformers with its ONNX backend on the same exported model (when installed);
 4. the whole worker through a real local broker with a backlog, against the plain worker a user
    would write instead (benchmarks/plain_worker.py; same model, same unique texts, run right before
-   and right after it); 5. end-to-end latency at half the measured maximum and at a trickle; 6. the
-   worker's peak RSS. In-memory runs are interleaved in
+   and right after it); 5. end-to-end latency (input record timestamp to output record timestamp)
+   at 50% (twice) and 80% of the measured backlog rate and at a trickle of 1 msg/s, and the plain
+   worker's at 50% of its own; 6. the worker's peak RSS. In-memory runs are interleaved in
    rounds and the median is reported, so machine drift hits every contender alike.
+
+    python -m benchmarks.bench --only-worker --worker-model default-int8 --worker-model default \
+        --worker-messages 5000 --out benchmarks/results/worker
+
+runs the worker part for each model given, in one run, and writes worker.json, worker-table.md and
+worker.png (msg/s and p99, fp32 and int8, the plain worker against this one).
 The model is a random-weight BERT of bge-small-en's exact shape (speed does not depend on weights).
 """
 
@@ -218,26 +225,46 @@ def quality(data_dir: Path) -> dict[str, Any] | None:
 
 
 def worker_runs(model: Path, head: Path, texts: list[str], n: int, worker_env: dict[str, str],
-                plain: bool, work: Path) -> dict[str, Any]:
+                plain: bool, work: Path, load_seconds: float = 15.0) -> dict[str, Any]:
     """The worker's runs (worker_e2e) on unique texts and, unless `plain` is false, the plain worker's
-    backlog on the same first n texts before and after them; the ratio of the two backlog rates."""
+    backlog on the same first n texts before and after them (the second followed by a load at 50%
+    of its rate, on texts of the worker's load runs); the ratio of the two backlog rates."""
     from benchmarks.plain_e2e import plain_backlog, unique_texts
-    from benchmarks.worker_e2e import run_worker_benchmarks
+    from benchmarks.worker_e2e import run_worker_benchmarks, standard_loads
 
     # The backlog's n, then the split once more for the latency runs, every text unique.
     unique = unique_texts(texts, n + len(texts))
     before = plain_backlog(model, head, unique[:n], work) if plain else None
-    out = run_worker_benchmarks(model, head, unique, n, **worker_env)
+    loads = standard_loads(load_seconds, max(load_seconds, 20.0) if load_seconds >= 15 else load_seconds)
+    out = run_worker_benchmarks(model, head, unique, n, worker_env=worker_env, loads=loads)
     out["texts"] = "unique: each split text with its number appended"
     if before is not None:
-        after = plain_backlog(model, head, unique[:n], work)
+        after = plain_backlog(model, head, unique[:n], work, load_texts=unique[n:], load_seconds=load_seconds)
         rate = (before["texts_per_s"] + after["texts_per_s"]) / 2
         out["plain_worker"] = {"program": "benchmarks/plain_worker.py", "texts_per_s": rate,
                                "before_after": [before["texts_per_s"], after["texts_per_s"]]}
+        if "load_50" in after:
+            out["plain_worker"]["load_50"] = after["load_50"]
         out["backlog"]["vs_plain_worker"] = out["backlog"]["texts_per_s"] / rate
         print(f"plain worker backlog: {rate:.1f} texts/s (before {before['texts_per_s']:.1f}, after "
               f"{after['texts_per_s']:.1f}); this worker {out['backlog']['vs_plain_worker']:.2f}x it", flush=True)
     return out
+
+
+WORKER_MODELS = {"bge-shape-int8": "the bge-small-en-shaped model, int8", "default": "the default model, fp32",
+                 "default-int8": "the default model, int8 (model.precision int8)"}
+
+
+def worker_model(name: str, cache: Path) -> tuple[Path, Path]:
+    """The embedder and head directories of a --worker-model choice."""
+    from worker.model_choice import DEFAULT_HEAD_DIR, DEFAULT_HEAD_INT8_DIR
+
+    if name == "default":
+        return Path("models/emotion-minilm-onnx"), DEFAULT_HEAD_DIR
+    if name == "default-int8":
+        return Path("models/emotion-minilm-int8-onnx"), DEFAULT_HEAD_INT8_DIR
+    models = prepare_models(cache)
+    return models["int8"], models["head"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -252,10 +279,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--worker-env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra worker settings, e.g. EMOTION_WORKER_BATCHING__CONCURRENT_BATCHES=1")
     ap.add_argument("--only-worker", action="store_true", help="just the worker runs (with --worker-env)")
-    ap.add_argument("--worker-model", choices=["bge-shape-int8", "default", "default-int8"], default="bge-shape-int8",
-                    help="the worker runs' model: the bge-small-shaped int8 one, or the default (fine-tuned) model, "
-                         "fp32 or int8 (model.precision int8: its int8 embedder and thresholds)")
+    ap.add_argument("--worker-model", choices=list(WORKER_MODELS), action="append",
+                    help="the worker runs' model (repeat for several, run one after the other): the bge-small-shaped "
+                         "int8 one (the default), or the default (fine-tuned) model, fp32 or int8 (model.precision "
+                         "int8: its int8 embedder and thresholds)")
     ap.add_argument("--skip-plain", action="store_true", help="no plain-worker runs beside the worker's")
+    ap.add_argument("--load-seconds", type=float, default=15.0,
+                    help="each latency run's length (the trickle's: 20 s, or this when under 15: a smoke run)")
     ap.add_argument("--only-in-memory", action="store_true",
                     help="just the interleaved in-memory runs, with the shipped models beside the bge-small shape")
     ap.add_argument("--only-delivery-modes", action="store_true",
@@ -276,21 +306,20 @@ def main(argv: list[str] | None = None) -> int:
                                *(f"--worker-env={kv}" for kv in args.worker_env)])
     if args.only_worker:
         texts = read_split(args.data, check_rows=False).texts
-        if args.worker_model == "default":
-            from worker.model_choice import DEFAULT_HEAD_DIR
-
-            model, head = Path("models/emotion-minilm-onnx"), DEFAULT_HEAD_DIR
-        elif args.worker_model == "default-int8":
-            from worker.model_choice import DEFAULT_HEAD_INT8_DIR
-
-            model, head = Path("models/emotion-minilm-int8-onnx"), DEFAULT_HEAD_INT8_DIR
-        else:
-            models = prepare_models(args.cache)
-            model, head = models["int8"], models["head"]
-        out = worker_runs(model, head, texts, args.worker_messages, worker_env, not args.skip_plain, args.cache / "run")
+        runs: dict[str, Any] = {}
+        for name in args.worker_model or ["bge-shape-int8"]:
+            model, head = worker_model(name, args.cache)
+            print(f"== worker runs: {name}", flush=True)
+            runs[name] = worker_runs(model, head, texts, args.worker_messages, worker_env, not args.skip_plain,
+                                     args.cache / "run", args.load_seconds)
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "worker.json").write_text(json.dumps(out, indent=2) + "\n")
-        print(json.dumps(out, indent=2))
+        (args.out / "worker.json").write_text(json.dumps(runs, indent=2) + "\n")
+        from benchmarks.report import worker_plot, worker_table
+
+        (args.out / "worker-table.md").write_text(worker_table(runs) + "\n")
+        worker_plot(runs, args.out / "worker.png")
+        print(json.dumps(runs, indent=2))
+        print(worker_table(runs))
         return 0
 
     models = prepare_models(args.cache)

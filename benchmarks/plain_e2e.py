@@ -2,7 +2,8 @@
 from its first output to its last, on the same texts as the worker's run. The outputs' own
 timestamps (set when the plain worker produced them) time it, not when a reader received them: a
 reader's group join can end after a fast run has finished. And the texts: every one unique, so that
-no result cache flatters either side."""
+no result cache flatters either side. Optionally then a steady load at a fraction of that rate, and
+its end-to-end latency measured as the worker's is (output record timestamp minus input's)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from benchmarks.worker_e2e import OutputReader
+from benchmarks.worker_e2e import OutputReader, run_load
 from testkit.kafka import ROOT, SESSION_TIMEOUT_MS, Topics, produce, read_all
 from worker.devtools.broker import LocalBroker
 
@@ -27,8 +28,11 @@ def unique_texts(texts: list[str], count: int) -> list[str]:
     return [f"{texts[i % len(texts)]} ({i})" for i in range(count)]
 
 
-def plain_backlog(model: Path, head: Path, texts: list[str], work: Path, timeout: float = 600.0) -> dict[str, Any]:
-    """Backlog throughput of the plain worker on `texts` (3 partitions, a fresh local broker)."""
+def plain_backlog(model: Path, head: Path, texts: list[str], work: Path, timeout: float = 600.0,
+                  load_texts: list[str] | None = None, load_fraction: float = 0.5,
+                  load_seconds: float = 15.0) -> dict[str, Any]:
+    """Backlog throughput of the plain worker on `texts` (3 partitions, a fresh local broker); with
+    `load_texts`, then `load_fraction` of that rate for `load_seconds` on them, and its latency."""
     work.mkdir(parents=True, exist_ok=True)
     n = len(texts)
     with LocalBroker(log_path=work / "plain-broker.log") as broker:
@@ -52,6 +56,11 @@ def plain_backlog(model: Path, head: Path, texts: list[str], work: Path, timeout
                                        f"see {log.name}")
                 time.sleep(0.05)
             stamps = sorted(m.timestamp()[1] for m in read_all(broker.bootstrap, topics.output, expect=n))
+            load = None
+            if load_texts and len(stamps) == n and stamps[-1] > stamps[0]:
+                rate = load_fraction * (n - 1) / ((stamps[-1] - stamps[0]) / 1000)
+                load = run_load(broker.bootstrap, topics.input, reader, load_texts, rate, load_seconds, "plain-load-")
+                load["fraction_of_backlog"] = load_fraction
         finally:
             reader.stop.set()
             proc.terminate()
@@ -63,4 +72,7 @@ def plain_backlog(model: Path, head: Path, texts: list[str], work: Path, timeout
             log.close()
     if len(stamps) < n or stamps[-1] <= stamps[0]:
         raise RuntimeError(f"the plain worker's {len(stamps)} outputs do not time a run of {n}")
-    return {"messages": n, "texts_per_s": (n - 1) / ((stamps[-1] - stamps[0]) / 1000)}
+    out: dict[str, Any] = {"messages": n, "texts_per_s": (n - 1) / ((stamps[-1] - stamps[0]) / 1000)}
+    if load is not None:
+        out[f"load_{round(load_fraction * 100)}"] = load
+    return out

@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 
 from benchmarks.plain_e2e import unique_texts
-from benchmarks.worker_e2e import OutputReader
+from benchmarks.worker_e2e import OutputReader, steady_load
 from testkit.kafka import Topics, produce, start_worker
 from worker.devtools.broker import LocalBroker
 from worker.train.dataset import read_split
@@ -134,12 +134,13 @@ def model_paths(name: str) -> tuple[Path, Path]:
 
 
 def profile(model: Path, head: Path, texts: list[str], out: Path, tag: str, rate: int,
-            worker_env: dict[str, str]) -> dict[str, Any]:
+            worker_env: dict[str, str], load: float | None = None) -> dict[str, Any]:
+    """A backlog of `texts` (or, with `load`, the texts sent at that many a second) under py-spy."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     work = Path(".cache/bench/profile")
     work.mkdir(parents=True, exist_ok=True)
     n = len(texts)
-    svg, raw = out / f"profile-{tag}-backlog.svg", out / f"profile-{tag}-backlog.txt"
+    svg, raw = out / f"{_name(tag, load)}.svg", out / f"{_name(tag, load)}.txt"
     with LocalBroker(log_path=work / "broker.log") as broker:
         topics = Topics.fresh(broker, partitions=3)
         reader = OutputReader(broker.bootstrap, topics.output)
@@ -152,8 +153,9 @@ def profile(model: Path, head: Path, texts: list[str], out: Path, tag: str, rate
             # Joined and warm: one message through, before the backlog is written.
             produce(broker.bootstrap, topics.input, [(b"w", orjson.dumps({"id": "warm", "text": "warm up"}), [])])
             assert reader.wait_for(1, timeout=120, worker=worker), "the worker did not start"
-            produce(broker.bootstrap, topics.input,
-                    [(str(i).encode(), orjson.dumps({"id": f"b{i}", "text": t}), []) for i, t in enumerate(texts)])
+            if load is None:
+                produce(broker.bootstrap, topics.input,
+                        [(str(i).encode(), orjson.dumps({"id": f"b{i}", "text": t}), []) for i, t in enumerate(texts)])
             cpu0, broker0, t0 = cpu_by_thread(worker.proc.pid), cpu_by_thread(broker.proc.pid), time.monotonic()
             results = {}
             for fmt, path in (("raw", raw), ("flamegraph", svg)):
@@ -161,6 +163,8 @@ def profile(model: Path, head: Path, texts: list[str], out: Path, tag: str, rate
                                              str(rate), "--nonblocking", "--format", fmt, "--output", str(path)],
                                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                 results[fmt] = spy_proc
+            if load is not None:
+                steady_load(broker.bootstrap, topics.input, texts, load, n / load, "b")
             reader.wait_for(n + 1, timeout=600, worker=worker)
             cpu1, broker1, wall = cpu_by_thread(worker.proc.pid), cpu_by_thread(broker.proc.pid), time.monotonic() - t0
             for spy_proc in results.values():
@@ -176,7 +180,7 @@ def profile(model: Path, head: Path, texts: list[str], out: Path, tag: str, rate
     summary = summarise(raw)
     worker_cpu = cpu_spent(cpu0, cpu1, python_threads(raw))
     summary.update({
-        "model": str(model), "messages": n, "seconds": round(wall, 2),
+        "model": str(model), "messages": n, "seconds": round(wall, 2), "offered_msg_per_s": load or "backlog",
         "msg_per_s_while_profiled": (n - 1) / ((stamps[-1] - stamps[0]) / 1000),
         "worker_cpu_s_by_thread": worker_cpu, "worker_cpu_s": round(sum(worker_cpu.values()), 2),
         "cpu_us_per_message_by_thread": {k: round(v / n * 1e6) for k, v in worker_cpu.items()},
@@ -188,6 +192,10 @@ def profile(model: Path, head: Path, texts: list[str], out: Path, tag: str, rate
     return summary
 
 
+def _name(tag: str, load: float | None) -> str:
+    return f"profile-{tag}-backlog" if load is None else f"profile-{tag}-load-{load:g}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path("../shared/data/go_emotions/dev.tsv"))
@@ -196,13 +204,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--worker-env", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--load", type=float, help="instead of a backlog, send the messages at this many a second")
     args = ap.parse_args(argv)
     model, head = model_paths(args.worker_model)
     texts = unique_texts(read_split(args.data, check_rows=False).texts, args.messages)
     args.out.mkdir(parents=True, exist_ok=True)
     tag = args.worker_model.replace("default-", "")
-    summary = profile(model, head, texts, args.out, tag, args.rate, dict(e.split("=", 1) for e in args.worker_env))
-    (args.out / f"profile-{tag}-backlog.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary = profile(model, head, texts, args.out, tag, args.rate, dict(e.split("=", 1) for e in args.worker_env),
+                      args.load)
+    (args.out / f"{_name(tag, args.load)}.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
     return 0
 

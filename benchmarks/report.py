@@ -56,23 +56,96 @@ def table(r: dict[str, Any]) -> str:
                          f"{large[name]['texts_per_s'] / large[first]['texts_per_s']:.2f}x |")
     w = r.get("worker")
     if w:
-        b = w["backlog"]
-        lines += ["", "| worker through a real broker (int8) | value |", "| --- | ---: |",
-                  f"| backlog of {w['messages']} messages | {b['texts_per_s']:.1f} texts/s "
-                  f"({b['vs_engine_in_memory']:.2f}x the engine in memory on the same texts, "
-                  f"{b['engine_in_memory_texts_per_s']:.1f}/s) |"]
-        for key, name in (("half_load", "half load"), ("trickle", "trickle")):
-            v = w[key]
-            if v.get("n"):
-                lines.append(f"| {name} ({v['rate_per_s']:.1f} msg/s) end-to-end p50 / p95 / p99 | "
-                             f"{v['p50_ms']:.0f} / {v['p95_ms']:.0f} / {v['p99_ms']:.0f} ms |")
-        t = w["trickle"]
-        if t.get("n"):
-            added = t["processing_p50_ms"] - s["int8"]["p50"]
-            lines.append(f"| trickle: consume-to-produce p50 minus single-text inference p50 (batching delay) | "
-                         f"{added:.1f} ms |")
-        lines.append(f"| worker peak RSS | {w['peak_rss_mb']:.0f} MB |")
+        lines += ["", worker_rows(w, "worker through a real broker (int8)")]
     return "\n".join(lines)
+
+
+LOAD_ROWS = (("load_50", "50% load"), ("load_50_again", "50% load, again"), ("load_80", "80% load"),
+             ("trickle", "trickle"))
+
+
+def worker_rows(w: dict[str, Any], title: str) -> str:
+    """One model's worker runs as a table: backlog against the engine and the plain worker, the
+    end-to-end latency at each load, peak RSS."""
+    b = w["backlog"]
+    lines = [f"| {title} | value |", "| --- | ---: |",
+             f"| backlog of {w['messages']} messages | {b['texts_per_s']:.1f} msg/s "
+             f"({b['vs_engine_in_memory']:.2f}x the engine in memory on the same texts, "
+             f"{b['engine_in_memory_texts_per_s']:.1f}/s) |"]
+    plain = w.get("plain_worker")
+    if plain:
+        lines.append(f"| the plain worker's backlog (benchmarks/plain_worker.py) | {plain['texts_per_s']:.1f} msg/s "
+                     f"(this worker: {b['vs_plain_worker']:.2f}x) |")
+    for key, name in LOAD_ROWS:
+        v = w.get(key)
+        if v and v.get("n"):
+            lines.append(f"| {name} ({v['rate_per_s']:.1f} msg/s) end-to-end p50 / p95 / p99 | "
+                         f"{v['p50_ms']:.0f} / {v['p95_ms']:.0f} / {v['p99_ms']:.0f} ms |")
+    pl = (plain or {}).get("load_50")
+    if pl and pl.get("n"):
+        lines.append(f"| the plain worker at 50% of its rate ({pl['rate_per_s']:.1f} msg/s) p50 / p95 / p99 | "
+                     f"{pl['p50_ms']:.0f} / {pl['p95_ms']:.0f} / {pl['p99_ms']:.0f} ms |")
+    lines.append(f"| worker peak RSS | {w['peak_rss_mb']:.0f} MB |")
+    return "\n".join(lines)
+
+
+WORKER_TITLES = {"bge-shape-int8": "bge-small-en shape, int8", "default": "default model, fp32",
+                 "default-int8": "default model, int8"}
+
+
+def worker_table(runs: dict[str, dict[str, Any]]) -> str:
+    """`bench --only-worker`'s runs, one table per model (end-to-end latency: input record
+    timestamp to output record timestamp)."""
+    return "\n\n".join(worker_rows(w, f"worker, {WORKER_TITLES.get(name, name)}") for name, w in runs.items())
+
+
+def worker_plot(runs: dict[str, dict[str, Any]], path: Path) -> None:
+    """Two panels: backlog msg/s, and p99 at 50% load, for each model: the plain worker against
+    this worker (the engine in memory as a tick on the first)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(runs)
+    titles = [WORKER_TITLES.get(n, n) for n in names]
+    x = list(range(len(names)))
+    width = 0.38
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
+    plain = [runs[n].get("plain_worker", {}).get("texts_per_s", 0.0) for n in names]
+    ours = [runs[n]["backlog"]["texts_per_s"] for n in names]
+    engine = [runs[n]["backlog"]["engine_in_memory_texts_per_s"] for n in names]
+    bars = left.bar([i - width / 2 for i in x], plain, width, label="plain worker", color="#c44e52")
+    left.bar_label(bars, fmt="%.0f")
+    bars = left.bar([i + width / 2 for i in x], ours, width, label="emotion-worker", color="#4c72b0")
+    left.bar_label(bars, fmt="%.0f")
+    left.scatter([i + width / 2 for i in x], engine, marker="_", s=900, color="black", zorder=3,
+                 label="engine in memory, same texts")
+    left.set_ylim(0, max([*plain, *ours, *engine]) * 1.35)
+    left.set_xticks(x, titles)
+    left.set_ylabel("messages per second")
+    left.set_title("backlog drain (higher is better)")
+    left.legend(loc="upper left", fontsize=8)
+    plain_p99 = [runs[n].get("plain_worker", {}).get("load_50", {}).get("p99_ms", 0.0) for n in names]
+    ours_p99 = [max(runs[n].get(k, {}).get("p99_ms", 0.0) for k in ("load_50", "load_50_again")) for n in names]
+    ours_80 = [runs[n].get("load_80", {}).get("p99_ms", 0.0) for n in names]
+    third = width * 2 / 3
+    for offset, values, label, color in ((-third, plain_p99, "plain worker, 50% of its rate", "#c44e52"),
+                                         (0.0, ours_p99, "emotion-worker, 50% (worse of 2 runs)", "#4c72b0"),
+                                         (third, ours_80, "emotion-worker, 80%", "#8fa8d8")):
+        bars = right.bar([i + offset for i in x], values, third, label=label, color=color)
+        right.bar_label(bars, fmt="%.0f")
+    right.axhline(100, color="#4c72b0", linestyle="--", linewidth=1)
+    right.axhline(300, color="#8fa8d8", linestyle=":", linewidth=1)
+    right.set_yscale("log")
+    right.set_ylim(10, max([*plain_p99, *ours_p99, *ours_80, 300]) * 6)
+    right.set_xticks(x, titles)
+    right.set_ylabel("end-to-end p99, ms (log scale)")
+    right.set_title("tail latency under load (lower is better;\ntargets: 100 ms at 50%, 300 ms at 80%)")
+    right.legend(loc="upper left", fontsize=8)
+    fig.suptitle("Worker through a real broker, 2 CPU cores, unique GoEmotions texts")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def plot(r: dict[str, Any], path: Path) -> None:
