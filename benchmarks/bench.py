@@ -227,9 +227,9 @@ def quality(data_dir: Path) -> dict[str, Any] | None:
 def worker_runs(model: Path, head: Path, texts: list[str], n: int, worker_env: dict[str, str],
                 plain: bool, work: Path, load_seconds: float = 15.0) -> dict[str, Any]:
     """The worker's runs (worker_e2e) on unique texts and, unless `plain` is false, the plain worker's
-    backlog on the same first n texts before and after them (the second followed by a load at 50%
-    of its rate, on texts of the worker's load runs); the ratio of the two backlog rates."""
-    from benchmarks.plain_e2e import plain_backlog, unique_texts
+    backlog on the same first n texts before and after them, and its latency at 50% of that rate
+    (on texts of the worker's load runs); the ratio of the two backlog rates."""
+    from benchmarks.plain_e2e import plain_backlog, plain_load, unique_texts
     from benchmarks.worker_e2e import run_worker_benchmarks, standard_loads
 
     # The backlog's n, then the split once more for the latency runs, every text unique.
@@ -239,12 +239,14 @@ def worker_runs(model: Path, head: Path, texts: list[str], n: int, worker_env: d
     out = run_worker_benchmarks(model, head, unique, n, worker_env=worker_env, loads=loads)
     out["texts"] = "unique: each split text with its number appended"
     if before is not None:
-        after = plain_backlog(model, head, unique[:n], work, load_texts=unique[n:], load_seconds=load_seconds)
+        after = plain_backlog(model, head, unique[:n], work)
         rate = (before["texts_per_s"] + after["texts_per_s"]) / 2
         out["plain_worker"] = {"program": "benchmarks/plain_worker.py", "texts_per_s": rate,
                                "before_after": [before["texts_per_s"], after["texts_per_s"]]}
-        if "load_50" in after:
-            out["plain_worker"]["load_50"] = after["load_50"]
+        load = plain_load(model, head, unique[n:], rate / 2, load_seconds, work)
+        out["plain_worker"]["load_50"] = {**load, "fraction_of_backlog": 0.5}
+        print(f"plain worker at 50% load: p50 {load.get('p50_ms', 0):.0f} / p99 {load.get('p99_ms', 0):.0f} ms",
+              flush=True)
         out["backlog"]["vs_plain_worker"] = out["backlog"]["texts_per_s"] / rate
         print(f"plain worker backlog: {rate:.1f} texts/s (before {before['texts_per_s']:.1f}, after "
               f"{after['texts_per_s']:.1f}); this worker {out['backlog']['vs_plain_worker']:.2f}x it", flush=True)
