@@ -49,8 +49,3 @@ def test_plan_is_a_valid_partition_no_costlier_than_greedy(lengths: list[int], m
             greedy.append([])
         greedy[-1].append(i)
     assert cost(lengths, batches, overhead) <= cost(lengths, greedy, overhead)
-
-
-def test_no_texts_plan_no_calls() -> None:
-    """Nothing to plan, even when calls run side by side (min_batches > 1): no call, no error."""
-    assert plan_batches([], max_batch_size=16, token_budget=4096, min_batches=2) == []

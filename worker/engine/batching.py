@@ -49,7 +49,7 @@ def plan_batches(
         batches.append(order[cut[j]:j])
         j = cut[j]
     batches.reverse()
-    while batches and len(batches) < min_batches:
+    while len(batches) < min_batches:
         k = max(range(len(batches)), key=lambda b: len(batches[b]) * lengths[batches[b][-1]])
         if len(batches[k]) < 2:
             break
