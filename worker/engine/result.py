@@ -26,18 +26,17 @@ class Result:
         the passing ones best first ("passing"), or with `top_k` the K best, best first. Which
         scores and their order are decided on the unrounded values."""
         if top_k is not None:
-            chosen = dict(sorted(self.scores.items(), key=lambda item: item[1], reverse=True)[:top_k])
+            chosen = sorted(self.scores.items(), key=lambda item: item[1], reverse=True)[:top_k]
         elif which == "passing":
-            chosen = self.passing_scores()
+            chosen = list(self.passing_scores().items())
         else:
-            chosen = self.scores
+            chosen = list(self.scores.items())
         if decimals >= FULL_PRECISION:
             return dict(chosen)
-        # All of them in one numpy expression (what np.round does: rint(p * 10**d) / 10**d), 8x
-        # faster than round() per score: the worker's costliest step a message outside the model.
-        scale = 10.0**decimals
-        values = np.fromiter(chosen.values(), np.float64, len(chosen))
-        return dict(zip(chosen, (np.rint(values * scale) / scale).tolist(), strict=True))
+        # One numpy call for all of them: 5x faster than round() per score, the worker's costliest
+        # step per message outside the model (the same values: rint(p * 10**d) / 10**d).
+        rounded = np.round(np.fromiter((p for _, p in chosen), np.float64, len(chosen)), decimals).tolist()
+        return dict(zip((label for label, _ in chosen), rounded, strict=True))
 
 
 @dataclass

@@ -97,7 +97,7 @@ class _Published:
         if self.result.no_label:
             m.no_label.inc()
         for label in self.result.labels:
-            m.label_counts[label].inc()
+            m.labels.labels(label=label).inc()
 
 
 class _DeadLettered:
@@ -108,7 +108,7 @@ class _DeadLettered:
 
     def __call__(self) -> None:
         if self.acknowledge(self.ticket):
-            self.metrics.dead_letter_counts[self.reason].inc()
+            self.metrics.dead_lettered.labels(reason=self.reason).inc()
 
 
 def produce_failure_reporter(metrics: Metrics, health: Health) -> Callable[[Outgoing, str], None]:
