@@ -162,35 +162,18 @@ def test_a_batch_closes_at_its_compute_budget() -> None:
     rate = ComputeRate(horizon=1e9, clock=clock)
     batcher: MicroBatcher[int] = MicroBatcher(max_size=8, max_wait_s=0.01, cost=lambda _: 10.0, budget_s=0.05,
                                               rate=rate)
-    for i in range(8):
+    for i in range(12):
         batcher.put(i)
     first = batcher.next_batch(idle_timeout_s=0.1)
     assert first == list(range(8)), "before any batch finished, the count alone limits it"
     clock.now = 0.08
     batcher.done(first)  # 80 units in 0.08 s
     assert rate.per_second() == pytest.approx(1000)
-    for i in range(8, 15):
+    assert batcher.next_batch(idle_timeout_s=0.1) == [8, 9, 10, 11]  # all there was
+    for i in range(12, 24):
         batcher.put(i)
-    second = batcher.next_batch(idle_timeout_s=0.1)
-    assert second == [8, 9, 10, 11, 12]
-    clock.now = 0.1  # the second batch is still running, so the third shares its time
-    assert batcher.next_batch(idle_timeout_s=0.1) == [13, 14]  # all there was
-
-
-def test_a_backlog_is_batched_by_count() -> None:
-    """With more queued than a batch takes, every message waits anyway: the batch is as long as the
-    count allows (longer length-sorted batches pad less), not cut at the budget."""
-    clock = Clock()
-    rate = ComputeRate(horizon=1e9, clock=clock)
-    batcher: MicroBatcher[int] = MicroBatcher(max_size=8, max_wait_s=0.01, cost=lambda _: 10.0, budget_s=0.05,
-                                              rate=rate)
-    batcher.put(-1)
-    first = batcher.next_batch(idle_timeout_s=0.1)
-    clock.now = 0.01
-    batcher.done(first)  # 10 units in 10 ms: 1000 a second, a budget of 5 items
-    for i in range(20):
-        batcher.put(i)
-    assert batcher.next_batch(idle_timeout_s=0.1) == list(range(8))
+    clock.now = 0.1  # the batch [8..11] is still running, so this one shares its time
+    assert batcher.next_batch(idle_timeout_s=0.1) == [12, 13, 14, 15, 16]
 
 
 def test_sized_by_count_alone_without_a_budget() -> None:

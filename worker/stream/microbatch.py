@@ -4,8 +4,7 @@ A micro-batch closes at whichever comes first:
 - `max_size` messages;
 - its estimated compute time reaches `budget_s`: each message's cost (its estimated tokens) at the
   rate the engine was measured to get through them, recently, while busy (`ComputeRate`). Until
-  that rate is known (nothing finished yet), and in a backlog (at least `max_size` messages
-  queued), only the count limits a batch;
+  that rate is known (nothing finished yet), only the count limits a batch;
 - a gap: the queue is empty and no new message came for `gap_s` (a burst is over; at a trickle a
   lone message goes on at once instead of waiting for company that is not coming);
 - `max_wait_s` after its first message.
@@ -119,10 +118,7 @@ class MicroBatcher(Generic[T]):
             return []
         batch = [first]
         cost = self.cost
-        # A backlog (more waiting than a batch takes): every message already waits behind the
-        # queue, so the batch is sized by count alone, for throughput (longer length-sorted batches
-        # pad less); the time budget bounds batches while the worker keeps up.
-        budget = math.inf if self._queue.qsize() >= self.max_size else self.budget()
+        budget = self.budget()
         spent = cost(first) if cost is not None else 0.0
         start = time.monotonic()
         deadline, busy_deadline = start + self.max_wait_s, start + max(self.max_wait_s, self.budget_s or 0.0)
