@@ -86,6 +86,7 @@ class FakeConsumer:
     resume_calls: int = 0
     callbacks: dict[str, Callable[[Any, list[TopicPartition]], None]] = field(default_factory=dict)
     closed: bool = False
+    metadata_requests: int = 0
 
     def subscribe(self, topics: list[str], *, on_assign: Any, on_revoke: Any, on_lost: Any) -> None:
         self.callbacks = {"assign": on_assign, "revoke": on_revoke, "lost": on_lost}
@@ -140,6 +141,9 @@ class FakeConsumer:
     def resume(self, partitions: list[TopicPartition]) -> None:
         self.resume_calls += 1
         self.paused -= {(tp.topic, tp.partition) for tp in partitions}
+
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> None:
+        self.metadata_requests += 1
 
     def close(self) -> None:
         self.closed = True

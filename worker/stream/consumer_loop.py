@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 POLL_BATCH = 500  # messages taken from the consumer's queue per loop turn
 POLL_WAIT_S = 0.05  # poll() returns as soon as one message is there; this is the idle wait
+WAKE_TIMEOUT_S = 0.5  # the metadata request that wakes a resumed fetch (see _wake_fetch)
 
 Rebalance = Callable[[Any, list[TopicPartition]], None]
 OnCommit = Callable[[KafkaError | None, list[TopicPartition]], None]
@@ -68,6 +69,8 @@ class KafkaConsumer(Protocol):
     def close(self) -> None: ...
 
     def seek(self, partition: TopicPartition) -> None: ...  # exactly_once only
+
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> object: ...  # wakes a resumed fetch
 
     def consumer_group_metadata(self) -> object: ...  # exactly_once only
 
@@ -371,9 +374,20 @@ class ConsumerLoop:
                     self.consumer.resume([TopicPartition(t, p)])
                 except KafkaException as exc:  # that partition went away meanwhile
                     log.warning("resume of %s[%d] failed: %s", t, p, exc)
+            self._wake_fetch()
             log.debug("resumed %d partitions: %d in flight", len(self._paused), in_flight)
             self._paused = set()
         self.metrics.paused.set(len(self._paused))
+
+    def _wake_fetch(self) -> None:
+        """librdkafka notices a resume only at its broker thread's next wakeup, up to a second later,
+        fetching nothing meanwhile: a backlog stalled ~0.7 s at every resume (the int8 default drained
+        at 0.71x the engine in memory, 0.88-0.91x when the bound was never reached). A metadata
+        request wakes it: the fetch restarts within ~10 ms. Read-only: no offset moves."""
+        try:
+            self.consumer.list_topics(self.options.input_topic, timeout=WAKE_TIMEOUT_S)
+        except KafkaException as exc:  # brokers away: the resume still happens at the next wakeup
+            log.debug("metadata request to wake the resumed fetch failed: %s", exc)
 
     def describe(self) -> dict[str, object]:
         """The consumer side's state, for the SIGUSR1 dump."""
