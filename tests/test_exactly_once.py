@@ -456,26 +456,41 @@ def check_exactly_once(broker: TransactionalBroker, topics: Topics, n: int, part
 
 def test_kill9_while_draining_a_backlog_leaves_every_result_exactly_once(
         txn_broker: TransactionalBroker, tiny_encoder: Path, tiny_head: Path, tmp_path: Path) -> None:
-    chunk, crashes, partitions = 1500, 4, 3
-    n = chunk * (crashes + 1)
+    backlog, crashes, partitions = 1500, 4, 3
     topics = Topics.fresh(txn_broker, partitions=partitions)
-    produce(txn_broker.bootstrap, topics.input, chat_records(chunk))
+    produce(txn_broker.bootstrap, topics.input, chat_records(backlog))
+    # Input keeps arriving (about 1000 a second) until the last kill, so each worker is busy when it
+    # is killed however fast this machine drains what it finds.
+    crashing = threading.Event()
+    crashing.set()
+    produced = [backlog]
+
+    def keep_producing() -> None:
+        while crashing.is_set():
+            produce(txn_broker.bootstrap, topics.input, chat_records(100, start=produced[0]))
+            produced[0] += 100
+            time.sleep(0.1)
+
+    feeder = threading.Thread(target=keep_producing, daemon=True)
+    feeder.start()
     worker = start_worker(txn_broker, topics, tiny_encoder, tiny_head, tmp_path / "w.log",
                           **eos_env("kill", EMOTION_WORKER_KAFKA__COMMIT_INTERVAL_MS="300",
                                     EMOTION_WORKER_KAFKA__MAX_IN_FLIGHT="400"))
     rng = random.Random(23)
-    for crash in range(crashes):
-        # Kill a worker that is busy: it has committed a transaction, and has work in flight (its
-        # records go into the open one).
-        assert wait_until(lambda: metric(worker, 'emotion_worker_transactions_total{result="committed"}') > 0
-                          and metric(worker, "emotion_worker_in_flight_messages") > 0, 60), worker.log()[-3000:]
-        time.sleep(rng.uniform(0.0, 0.05))
-        worker.signal(signal.SIGKILL)
-        worker.wait(10)
-        # More backlog while it is down, so the restarted worker is still draining at the next kill
-        # however fast this machine drains what was left.
-        produce(txn_broker.bootstrap, topics.input, chat_records(chunk, start=chunk * (crash + 1)))
-        worker.start()
+    try:
+        for _ in range(crashes):
+            # Kill a worker that is busy: it has committed a transaction, and has work in flight (its
+            # records go into the open one).
+            assert wait_until(lambda: metric(worker, 'emotion_worker_transactions_total{result="committed"}') > 0
+                              and metric(worker, "emotion_worker_in_flight_messages") > 0, 60), worker.log()[-3000:]
+            time.sleep(rng.uniform(0.0, 0.05))
+            worker.signal(signal.SIGKILL)
+            worker.wait(10)
+            worker.start()
+    finally:
+        crashing.clear()
+        feeder.join(10)
+    n = produced[0]
     check_exactly_once(txn_broker, topics, n, partitions)
     assert worker.stop() == 0, worker.log()[-3000:]
     assert worker.log().count("Traceback") == 0
