@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from testkit.faults import write_fault_report
@@ -78,11 +79,74 @@ def require_data() -> Path:
     return DATA_DIR
 
 
+# pytest-xdist (scripts/test runs the suite on several workers). Modules whose module-scoped
+# fixtures are costly (a container image, trained or exported models) run whole on one worker; every
+# other test is a unit of its own. (xdist's xdist_group marks are ignored under pytest 9.2: xdist
+# renames node ids, which pytest 9 no longer reads.) The slowest modules are queued first, so that no
+# long test starts last.
+WHOLE_MODULES = frozenset({"test_container", "test_fine_tune", "test_precision", "test_model_pairing",
+                           "test_classify", "test_check_tail"})
+SLOW_FIRST = ("test_install", "test_faults", "test_exactly_once", "test_faults_edges", "test_replay",
+              "test_ops_polish", "test_observe", "test_models")
+
+
+def _module_of(nodeid: str) -> str:
+    return Path(nodeid.split("::", 1)[0]).stem
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(_module_of(item.nodeid), len(rank)))  # stable: file order otherwise
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class WholeCostlyModules(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return nodeid.split("::", 1)[0] if _module_of(nodeid) in WHOLE_MODULES else nodeid
+
+    return WholeCostlyModules(config, log)
+
+
+def _fault_report_path() -> Path:
+    return Path(os.environ.get("FAULT_REPORT", ".cache/faults/report.json"))
+
+
+def _fault_report_parts() -> Path:
+    """Where each pytest-xdist worker leaves its rows for the controller to merge."""
+    path = _fault_report_path()
+    return path.with_name(path.name + ".parts")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not hasattr(session.config, "workerinput"):  # the controller (or a run without xdist)
+        shutil.rmtree(_fault_report_parts(), ignore_errors=True)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    parts = _fault_report_parts()
+    if hasattr(session.config, "workerinput") or not parts.is_dir():
+        return
+    rows = [row for part in sorted(parts.glob("*.json")) for row in orjson.loads(part.read_bytes())]
+    shutil.rmtree(parts, ignore_errors=True)
+    if rows:
+        write_fault_report(sorted(rows, key=lambda r: str(r["scenario"])), _fault_report_path())
+
+
 @pytest.fixture(scope="session")
 def report() -> Iterator[list[dict[str, Any]]]:
     """The fault suites' scenario rows, written once at the end of the session (FAULT_REPORT, or
-    .cache/faults/report.json and .md)."""
+    .cache/faults/report.json and .md); under pytest-xdist each worker's rows are merged by the
+    controller at the end."""
     rows: list[dict[str, Any]] = []
     yield rows
-    if rows:
-        write_fault_report(rows, Path(os.environ.get("FAULT_REPORT", ".cache/faults/report.json")))
+    if not rows:
+        return
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None:
+        write_fault_report(rows, _fault_report_path())
+    else:
+        parts = _fault_report_parts()
+        parts.mkdir(parents=True, exist_ok=True)
+        (parts / f"{worker}.json").write_bytes(orjson.dumps(rows))
