@@ -222,6 +222,33 @@ def test_export_with_the_hub_unreachable_fails_fast(tmp_path: Path, monkeypatch:
     assert took < 15, took  # the downloads' 5 retries with backoff took ~25 s before
 
 
+class ConnectError(Exception):
+    """An HTTP client's wrapper, named as httpx names it, whose text does not repeat the socket's."""
+
+
+def _raised_from(outer: BaseException, inner: BaseException) -> BaseException:
+    try:
+        try:
+            raise inner
+        except BaseException as e:
+            raise outer from e
+    except BaseException as e:
+        return e
+
+
+@pytest.mark.parametrize(("exc", "reason"), [
+    (_raised_from(ConnectError("All connection attempts failed"), ConnectionRefusedError(111, "refused")),
+     "connection refused"),
+    (_raised_from(RuntimeError("download failed"), ConnectError("[Errno -2] Name or service not known")),
+     "host name not resolved"),
+    (_raised_from(RuntimeError("download failed"), ConnectError("something else")), "connection failed"),
+    (RuntimeError("Connection refused, but not a connection error in the chain"), None)])
+def test_unreachable_reason_reads_the_whole_chain(exc: BaseException, reason: str | None) -> None:
+    from worker.engine.resolve import _unreachable_reason
+
+    assert _unreachable_reason(exc) == reason
+
+
 # 6. classify's grammar -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("value", "kind"), [("5", "a number"), ("1.5", "a number"), ("true", "a boolean"),

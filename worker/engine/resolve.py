@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 from worker.errors import ModelError
@@ -56,23 +57,28 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
+_UNREACHABLE_MARKERS = (("Name or service not known", "host name not resolved"),
+                        ("NameResolutionError", "host name not resolved"),
+                        ("Temporary failure in name resolution", "host name not resolved"),
+                        ("Connection refused", "connection refused"),
+                        ("Network is unreachable", "network unreachable"),
+                        ("timed out", "timed out"))
+_CONNECTION_ERRORS = ("ConnectionError", "ConnectTimeout", "ReadTimeout", "Timeout", "ConnectError")
+
+
 def _unreachable_reason(exc: BaseException) -> str | None:
-    """Why the hub could not be reached, in a few words, if a connection failure is behind `exc`."""
-    seen: set[int] = set()
+    """Why the hub could not be reached, in a few words, if a connection failure is behind `exc`.
+    The whole chain of causes is read: the HTTP clients wrap the socket's error in their own, whose
+    text does not always repeat it."""
+    chain: list[BaseException] = []
     cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, (ConnectionError, TimeoutError)) or type(cause).__name__ in (
-                "ConnectionError", "ConnectTimeout", "ReadTimeout", "Timeout", "ConnectError"):
-            text = str(cause)
-            for marker, reason in (("Name or service not known", "host name not resolved"),
-                                   ("NameResolutionError", "host name not resolved"),
-                                   ("Temporary failure in name resolution", "host name not resolved"),
-                                   ("Connection refused", "connection refused"),
-                                   ("Network is unreachable", "network unreachable"),
-                                   ("timed out", "timed out")):
-                if marker in text:
-                    return reason
-            return "connection failed"
+    while cause is not None and all(cause is not seen for seen in chain):
+        chain.append(cause)
         cause = cause.__cause__ or cause.__context__
-    return None
+    if not any(isinstance(c, (ConnectionError, TimeoutError)) or type(c).__name__ in _CONNECTION_ERRORS
+               for c in chain):
+        return None
+    if any(getattr(c, "errno", None) == errno.ECONNREFUSED for c in chain):
+        return "connection refused"
+    text = " ".join(str(c) for c in chain)
+    return next((reason for marker, reason in _UNREACHABLE_MARKERS if marker in text), "connection failed")
