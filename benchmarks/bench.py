@@ -225,7 +225,7 @@ def quality(data_dir: Path) -> dict[str, Any] | None:
 
 
 def worker_runs(model: Path, head: Path, texts: list[str], n: int, worker_env: dict[str, str],
-                plain: bool, work: Path, load_seconds: float = 10.0) -> dict[str, Any]:
+                plain: bool, work: Path, load_seconds: float = 10.0, search: bool = True) -> dict[str, Any]:
     """The worker's runs (worker_e2e) on unique texts and, unless `plain` is false, the plain worker's
     backlog on the same first n texts before and after them, and its latency at 50% of that rate
     (on texts of the worker's load runs); the ratio of the two backlog rates."""
@@ -236,7 +236,7 @@ def worker_runs(model: Path, head: Path, texts: list[str], n: int, worker_env: d
     unique = unique_texts(texts, n + len(texts))
     before = plain_backlog(model, head, unique[:n], work) if plain else None
     loads = standard_loads(load_seconds, 20.0 if load_seconds >= 10 else load_seconds)
-    out = run_worker_benchmarks(model, head, unique, n, worker_env=worker_env, loads=loads)
+    out = run_worker_benchmarks(model, head, unique, n, worker_env=worker_env, loads=loads, search=search)
     out["texts"] = "unique: each split text with its number appended"
     if before is not None:
         after = plain_backlog(model, head, unique[:n], work)
@@ -286,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
                          "int8 one (the default), or the default (fine-tuned) model, fp32 or int8 (model.precision "
                          "int8: its int8 embedder and thresholds)")
     ap.add_argument("--skip-plain", action="store_true", help="no plain-worker runs beside the worker's")
+    ap.add_argument("--skip-p99-bound", action="store_true",
+                    help="no search for the highest load that keeps p99 under 100 ms (2 more runs a step)")
     ap.add_argument("--load-seconds", type=float, default=10.0,
                     help="each latency run's length (the trickle's: 20 s, or this when under 10: a smoke run)")
     ap.add_argument("--only-in-memory", action="store_true",
@@ -313,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
             model, head = worker_model(name, args.cache)
             print(f"== worker runs: {name}", flush=True)
             runs[name] = worker_runs(model, head, texts, args.worker_messages, worker_env, not args.skip_plain,
-                                     args.cache / "run", args.load_seconds)
+                                     args.cache / "run", args.load_seconds, not args.skip_p99_bound)
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "worker.json").write_text(json.dumps(runs, indent=2) + "\n")
         from benchmarks.report import worker_plot, worker_table

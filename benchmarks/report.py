@@ -81,6 +81,14 @@ def worker_rows(w: dict[str, Any], title: str) -> str:
         if v and v.get("n"):
             lines.append(f"| {name} ({v['rate_per_s']:.1f} msg/s) end-to-end p50 / p95 / p99 | "
                          f"{v['p50_ms']:.0f} / {v['p95_ms']:.0f} / {v['p99_ms']:.0f} ms |")
+    bound = w.get("p99_bound")
+    if bound:
+        tried = "; ".join(f"{t['fraction_of_backlog']:.0%}: "
+                          + ", ".join("incomplete" if p is None else f"{p:.0f}" for p in t["p99_ms"])
+                          for t in bound["tried"])
+        found = ("below the lowest step" if bound["fraction_of_backlog"] is None else
+                 f"up to {bound['rate_per_s']:.1f} msg/s ({bound['fraction_of_backlog']:.0%} of the backlog rate)")
+        lines.append(f"| p99 under 100 ms in 2 runs out of 2 | {found}; p99 (ms) by load: {tried} |")
     pl = (plain or {}).get("load_50")
     if pl and pl.get("n"):
         lines.append(f"| the plain worker at 50% of its rate ({pl['rate_per_s']:.1f} msg/s) p50 / p95 / p99 | "

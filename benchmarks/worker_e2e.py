@@ -9,8 +9,10 @@ fresh broker with a fresh worker (see WARM_MESSAGES).
 
 from __future__ import annotations
 
+import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,9 +154,10 @@ WARM_MESSAGES = 200  # sent as a burst to each fresh worker first: model warm, g
 
 
 def run_worker_benchmarks(model: Path, head: Path, texts: list[str], n: int, *, loads: tuple[Load, ...] = LOADS,
-                          worker_env: dict[str, str] | None = None) -> dict[str, Any]:
+                          worker_env: dict[str, str] | None = None, search: bool = True) -> dict[str, Any]:
     """Backlog of the first n texts, then each load on the texts after them (all unique), each on a
-    fresh broker and worker."""
+    fresh broker and worker; with `search`, then the highest load that keeps p99 under
+    P99_BOUND_MS (p99_bound)."""
     worker_env = worker_env or {}
     out: dict[str, Any] = {"model": str(model), "messages": n, "worker_env": worker_env}
     env = {"EMOTION_WORKER_MODEL__CACHE_SIZE": "0", "EMOTION_WORKER_OBSERVE__LOG_LEVEL": "WARNING", **worker_env}
@@ -188,7 +191,10 @@ def run_worker_benchmarks(model: Path, head: Path, texts: list[str], n: int, *, 
                       "engine_before_after": [engine_before, 2 * engine_tps - engine_before]}
     print(f"worker backlog: {steady:.1f} texts/s ({steady / engine_tps:.2f}x engine)", flush=True)
     pool, used = texts[n:] or texts, 0
-    for load in loads:
+    rss_seen = [peak_rss]
+
+    def run(load: Load) -> dict[str, Any]:
+        nonlocal used
         rate = load.rate if load.fraction is None else load.fraction * steady
         count = WARM_MESSAGES + int(rate * load.seconds) + 1
         mine = (pool[used:] + pool)[:count]
@@ -196,11 +202,54 @@ def run_worker_benchmarks(model: Path, head: Path, texts: list[str], n: int, *, 
         result, rss = load_on_fresh_worker(model, head, env, mine, rate, load.seconds, load.name, tmp)
         if load.fraction is not None:
             result["fraction_of_backlog"] = load.fraction
-        out[load.name] = result
-        peak_rss = max(peak_rss, rss)
+        rss_seen.append(rss)
         print(f"{load.name}: {_brief(result)}", flush=True)
-    out["peak_rss_mb"] = peak_rss
+        return result
+
+    for load in loads:
+        out[load.name] = run(load)
+    if search:
+        seconds = next((load.seconds for load in loads if load.fraction is not None), 10.0)
+        out["p99_bound"] = p99_bound(run, [out[k] for k in ("load_50", "load_50_again") if k in out], seconds)
+        print(f"p99 under {P99_BOUND_MS:.0f} ms in {BOUND_RUNS} runs of {seconds:.0f} s: "
+              f"{_bound_brief(out['p99_bound'], steady)}", flush=True)
+    out["peak_rss_mb"] = max(rss_seen)
     return out
+
+
+# Sizing: the highest load (a fraction of the backlog rate, in these steps) at which every one of
+# BOUND_RUNS runs, each on a fresh broker and worker, has an end-to-end p99 under P99_BOUND_MS.
+P99_BOUND_MS = 100.0
+BOUND_RUNS = 2
+BOUND_FRACTIONS = (0.5, 0.45, 0.4, 0.35, 0.3, 0.25, 0.2)
+
+
+def p99_bound(run: Callable[[Load], dict[str, Any]], at_half: list[dict[str, Any]], seconds: float,
+              ) -> dict[str, Any]:
+    """Steps down BOUND_FRACTIONS until BOUND_RUNS runs in a row keep p99 under P99_BOUND_MS (the
+    50% runs already made count for 0.5). Returns the fraction found (None below the last step)
+    and every run's p99 on the way."""
+    tried: list[dict[str, Any]] = []
+    for fraction in BOUND_FRACTIONS:
+        runs = at_half[:BOUND_RUNS] if fraction == 0.5 else []
+        while len(runs) < BOUND_RUNS and all(_p99(r) < P99_BOUND_MS for r in runs):
+            runs.append(run(Load(f"bound_{round(fraction * 100)}_{len(runs) + 1}", fraction, seconds)))
+        tried.append({"fraction_of_backlog": fraction, "rate_per_s": runs[0]["rate_per_s"],
+                      "p99_ms": [_p99(r) if math.isfinite(_p99(r)) else None for r in runs]})
+        if len(runs) == BOUND_RUNS and all(_p99(r) < P99_BOUND_MS for r in runs):
+            return {"fraction_of_backlog": fraction, "rate_per_s": runs[0]["rate_per_s"], "tried": tried}
+    return {"fraction_of_backlog": None, "rate_per_s": None, "tried": tried}
+
+
+def _p99(result: dict[str, Any]) -> float:
+    """A run's p99; infinite when not every message came back (None in the results)."""
+    return float(result["p99_ms"]) if result.get("n") and result["n"] == result.get("sent") else math.inf
+
+
+def _bound_brief(bound: dict[str, Any], steady: float) -> str:
+    if bound["fraction_of_backlog"] is None:
+        return f"not at {BOUND_FRACTIONS[-1]:.0%} of the backlog rate or above"
+    return f"up to {bound['rate_per_s']:.1f} msg/s ({bound['fraction_of_backlog']:.0%} of {steady:.1f})"
 
 
 def load_on_fresh_worker(model: Path, head: Path, env: dict[str, str], texts: list[str], rate: float,
