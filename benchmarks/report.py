@@ -143,6 +143,10 @@ def worker_plot(runs: dict[str, dict[str, Any]], path: Path) -> None:
                                          (third, ours_80, "emotion-worker, 80%", "#8fa8d8")):
         bars = right.bar([i + offset for i in x], values, third, label=label, color=color)
         right.bar_label(bars, fmt="%.0f")
+    for i, n in enumerate(names):  # the sizing search's answer, under each model's bars
+        rate = (runs[n].get("p99_bound") or {}).get("rate_per_s")
+        if rate:
+            right.text(i, 12, f"p99 < 100 ms up to\n{rate:.0f} msg/s", ha="center", fontsize=8, color="white")
     right.axhline(100, color="#4c72b0", linestyle="--", linewidth=1)
     right.axhline(300, color="#8fa8d8", linestyle=":", linewidth=1)
     right.set_yscale("log")
