@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -103,14 +103,20 @@ class FakeDeadLetterConsumer:
     def consume(self, num_messages: int = 1, timeout: float = -1) -> list[FakeDeadLetter]:
         out: list[FakeDeadLetter] = []
         for p, pos in self.position.items():
-            rest = [m for m in self.topic.get(p, []) if m.offset_ >= pos][: num_messages - len(out)]
+            left = [m for m in self.topic.get(p, []) if m.offset_ >= pos]
+            rest = left[: num_messages - len(out)]
             out.extend(rest)
             if rest:
                 self.position[p] = rest[-1].offset_ + 1
-            elif p not in self._eof_sent:
+            elif not left and p not in self._eof_sent:
                 self._eof_sent.add(p)
                 out.append(eof(p))
         return out
+
+    def pause(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self.position.pop(tp.partition, None)
+            self.log.append(("pause", tp.partition))
 
     def commit(self, *, offsets: list[TopicPartition], asynchronous: bool) -> list[TopicPartition]:
         assert asynchronous is False
@@ -238,8 +244,31 @@ def test_selection_by_error_class_and_dead_letter_time() -> None:
     rig = Rig(*records, error_classes=frozenset({"missing_text"}), since_ms=T0 + 2000, until_ms=T0 + 8000)
     s = rig.run()
     assert rig.sender.traces() == ["t2", "t4", "t6"]
-    assert (s.read, s.selected, s.replayed) == (10, 3, 3) and s.complete
-    assert rig.consumer.committed_offsets == {0: 10}  # the unselected are passed over for good
+    assert (s.read, s.selected, s.replayed) == (8, 3, 3) and s.complete
+    # other classes and what came before --since are passed over; the first dead letter of --until
+    # or later is where the group stops, so a later replay still finds it and what follows
+    assert rig.consumer.committed_offsets == {0: 8}
+    assert s.stopped_at_until == [0] and ("pause", 0) in rig.log
+    text = format_summary(s, dry_run=False)
+    assert "not selected (dead-lettered before --since): 1" in text
+    assert "stopped at --until on partitions 0" in text
+
+
+def test_a_replay_to_until_leaves_the_rest_for_the_next_run() -> None:
+    """Dead letters 0-9 of one partition and 0-3 of another: a replay to --until T0+5000 replays
+    0-4 of the first and all of the second; the next replay, without a window, replays 5-9."""
+    first = [dead_letter(i) for i in range(10)]
+    second = [dead_letter(i, partition=1) for i in range(4)]
+    rig = Rig(*first, *second, until_ms=T0 + 5000, chunk=3)
+    s = rig.run(partitions=[0, 1])
+    assert sorted(rig.sender.traces()) == sorted(["t0", "t1", "t2", "t3", "t4", "t0", "t1", "t2", "t3"])
+    assert rig.consumer.committed_offsets == {0: 5, 1: 4} and s.stopped_at_until == [0]
+    rig.options = replace(rig.options, until_ms=None)
+    rig.sender.sent.clear()
+    rig.consumer._eof_sent.clear()
+    rig.run(partitions=[0, 1])
+    assert rig.sender.traces() == ["t5", "t6", "t7", "t8", "t9"]
+    assert rig.consumer.committed_offsets == {0: 10, 1: 4}
 
 
 @pytest.mark.parametrize(("options", "expected"), [
@@ -303,5 +332,5 @@ def test_what_a_selection_leaves_out_is_counted_by_class_and_said_in_the_summary
     s = timed.run()
     assert (s.selected, s.outside_window, s.unselected) == (1, 1, {"not_an_object": 2, "invalid_json": 1})
     text = format_summary(s, dry_run=True, options=timed.options)
-    assert "not selected (outside --since/--until): 1" in text
+    assert "not selected (dead-lettered before --since): 1" in text
     assert "replay group g-replay: nothing committed (dry run)" in text

@@ -88,7 +88,9 @@ class ReplaySummary:
     error: str | None = None  # what stopped the replay early (a commit refused, say)
     by_class: Counter[str] = field(default_factory=Counter)  # selected, by error class
     unselected: Counter[str] = field(default_factory=Counter)  # read, not of a selected class, by class
-    outside_window: int = 0  # read, of a selected class, dead-lettered outside --since/--until
+    outside_window: int = 0  # read, of a selected class, dead-lettered before --since
+    # Partitions left at their first dead letter of --until or later: not committed past, a later run reads it.
+    stopped_at_until: list[int] = field(default_factory=list)
     not_replayable: Counter[str] = field(default_factory=Counter)  # value cut, by error class
     samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
@@ -105,7 +107,8 @@ class ReplaySummary:
                 "loop_guard_skipped": self.loop_guard_skipped, "not_acknowledged": self.not_acknowledged,
                 "interrupted": self.interrupted, "error": self.error, "complete": self.complete,
                 "by_class": dict(self.by_class), "not_selected_by_class": dict(self.unselected),
-                "outside_window": self.outside_window, "samples": self.samples}
+                "outside_window": self.outside_window, "stopped_at_until": self.stopped_at_until,
+                "samples": self.samples}
 
 
 class DeadLetter(Protocol):
@@ -127,6 +130,7 @@ class DeadLetterConsumer(Protocol):
     def assign(self, partitions: list[TopicPartition]) -> None: ...
     def consume(self, num_messages: int = 1, timeout: float = -1) -> Sequence[DeadLetter]: ...
     def commit(self, *, offsets: list[TopicPartition], asynchronous: Literal[False]) -> list[TopicPartition]: ...
+    def pause(self, partitions: list[TopicPartition]) -> None: ...
 
 
 class ReplaySender(Protocol):
@@ -184,6 +188,7 @@ class Replay:
         self.partitions = sorted(partitions)
         self.stop = stop if stop is not None else threading.Event()
         self.summary = ReplaySummary()
+        self._past_until: set[int] = set()  # partitions read up to --until
         self._pace_start: float | None = None
         self._paced = 0
 
@@ -193,7 +198,7 @@ class Replay:
         last_new = time.monotonic()
         bar = tqdm(desc="dry run" if self.options.dry_run else "replay", unit="rec", disable=not progress)
         try:
-            while not self.stop.is_set() and len(eof) < len(self.partitions):
+            while not self.stop.is_set() and len(eof | self._past_until) < len(self.partitions):
                 if time.monotonic() - last_new > self.options.idle_timeout_s:
                     log.info("nothing new for %.1fs: stopping", self.options.idle_timeout_s)
                     break
@@ -241,16 +246,21 @@ class Replay:
 
     def _select(self, m: DeadLetter, cls: str) -> bool:
         """By error class and by when it was dead-lettered (the dead letter's Kafka timestamp);
-        what is left out is counted (by class, or as outside the time window)."""
+        what is left out is counted (by class, or as before --since)."""
         o = self.options
         if o.error_classes and cls not in o.error_classes:
             self.summary.unselected[cls] += 1
             return False
-        _, ts = m.timestamp()
-        if (o.since_ms is not None and ts < o.since_ms) or (o.until_ms is not None and ts >= o.until_ms):
+        if o.since_ms is not None and m.timestamp()[1] < o.since_ms:
             self.summary.outside_window += 1
             return False
         return True
+
+    def _reached_until(self, m: DeadLetter) -> bool:
+        """True for a dead letter of --until or later: its partition is done for this run, and is
+        committed only up to it, so that a later replay still finds it and what follows."""
+        until = self.options.until_ms
+        return until is not None and m.timestamp()[1] >= until
 
     def _replay_chunk(self, records: list[DeadLetter]) -> bool:
         """Produce the selected records, wait for every acknowledgement, then commit the chunk.
@@ -259,9 +269,17 @@ class Replay:
         acks = _Acks()
         produced = 0
         ends: dict[int, int] = {}
+        reached: list[int] = []
         for m in records:
+            partition = m.partition() or 0
+            if partition in self._past_until:
+                continue
+            if self._reached_until(m):
+                self._past_until.add(partition)
+                reached.append(partition)
+                continue
             s.read += 1
-            ends[m.partition() or 0] = (m.offset() or 0) + 1
+            ends[partition] = (m.offset() or 0) + 1
             headers: list[Header] = list(m.headers() or [])
             cls = error_class(headers)
             if not self._select(m, cls):
@@ -291,9 +309,12 @@ class Replay:
                           "run the replay again to retry it", missing, o.ack_timeout_s)
                 return False
             s.replayed += produced
-        if not o.dry_run:
+        if not o.dry_run and ends:
             offsets = [TopicPartition(o.source_topic, p, off) for p, off in ends.items()]
             self.consumer.commit(offsets=offsets, asynchronous=False)
+        if reached:
+            self.consumer.pause([TopicPartition(o.source_topic, p) for p in reached])
+            s.stopped_at_until = sorted(self._past_until)
         return True
 
     def _pace(self) -> None:
@@ -394,7 +415,11 @@ def format_summary(s: ReplaySummary, dry_run: bool, options: ReplayOptions | Non
         classes = ", ".join(f"{cls} {n}" for cls, n in sorted(s.unselected.items(), key=lambda kv: (-kv[1], kv[0])))
         lines.append(f"not selected (other classes): {sum(s.unselected.values())}: {classes}")
     if s.outside_window:
-        lines.append(f"not selected (outside --since/--until): {s.outside_window}")
+        lines.append(f"not selected (dead-lettered before --since): {s.outside_window}; the group passes over them "
+                     "(--from-beginning reads them again)")
+    if s.stopped_at_until:
+        lines.append(f"stopped at --until on partitions {', '.join(map(str, s.stopped_at_until))}: "
+                     "what was dead-lettered from then on is left for a later run")
     if options is not None:
         lines.append(_group_line(options, dry_run))
     return "\n".join(lines)
