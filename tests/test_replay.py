@@ -237,3 +237,36 @@ def test_replaying_one_class_leaves_the_others_for_their_own_replay(broker: Loca
     replayed = read_all(broker.bootstrap, target, expect=5, timeout=30)
     assert Counter(orjson.loads(m.value() or b"{}")["id"] for m in replayed) == Counter(
         {"r0": 1, "r2": 1, "r1": 2, "r3": 1})
+
+
+def test_a_replay_up_to_until_leaves_what_came_later_for_the_next_run(broker: LocalBroker, tiny_encoder: Path,
+                                                                      tiny_head: Path) -> None:
+    """`--until`: the replay group stops at the first later dead letter instead of passing over
+    it, so the next replay (here without a window) replays what came after the window."""
+    topics = Topics.fresh(broker, partitions=1)
+    target = f"{topics.input}-replayed"
+    broker.create_topics([target], partitions=1)
+
+    def dead_letters(ids: range) -> list[tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]]]]:
+        out = []
+        for i in ids:
+            env_ = Envelope(Source(topics.input, 0, i, None), f"k{i}".encode(), [], orjson.dumps({"id": f"r{i}"}))
+            rec = dead_letter_record(Rejected(env_, "missing_text", "whatever"), max_record_bytes=1_000_000)
+            out.append((rec.key, rec.value, rec.headers))
+        return out
+
+    produce(broker.bootstrap, topics.dlq, dead_letters(range(3)))
+    time.sleep(0.05)
+    cut = int(time.time() * 1000)
+    time.sleep(0.05)
+    produce(broker.bootstrap, topics.dlq, dead_letters(range(3, 5)))
+    env = worker_env(broker, topics, tiny_encoder, tiny_head)
+
+    windowed = replay(env, "--until", str(cut), "--to", target)
+    assert windowed.returncode == 0, windowed.stdout + windowed.stderr
+    assert "read 3 dead letters; selected 3; replayed 3;" in windowed.stdout, windowed.stdout
+    assert "stopped at --until on partitions 0" in windowed.stdout
+    rest = replay(env, "--to", target)
+    assert rest.returncode == 0 and "read 2 dead letters; selected 2; replayed 2;" in rest.stdout, rest.stdout
+    replayed = read_all(broker.bootstrap, target, expect=5, timeout=30)
+    assert sorted(orjson.loads(m.value() or b"{}")["id"] for m in replayed) == [f"r{i}" for i in range(5)]
