@@ -1,13 +1,20 @@
 """The benchmark's sizing search (benchmarks/worker_e2e.p99_bound): the highest load at which every
 run keeps its end-to-end p99 under the bound. Its logic alone, on given p99s; the runs themselves are
-the benchmark's (a real broker and worker, minutes each)."""
+the benchmark's (a real broker and worker, minutes each). And the benchmark scripts' own mistakes
+(benchmarks/entry.py): one line, exit 2."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import pytest
+
 from benchmarks.worker_e2e import BOUND_FRACTIONS, Load, p99_bound
+from testkit.kafka import ROOT
 
 
 def _runs_with_p99(p99_by_fraction: dict[float, list[float | None]],
@@ -46,3 +53,12 @@ def test_p99_bound_at_half_load_needs_no_more_runs_and_none_below_the_last_step(
     run, calls = _runs_with_p99({f: [200.0] for f in BOUND_FRACTIONS})
     bound = p99_bound(run, [], 10.0)
     assert bound["fraction_of_backlog"] is None and len(calls) == len(BOUND_FRACTIONS)
+
+
+@pytest.mark.parametrize("command", [["bench", "--only-worker"], ["engine_batch_sizes"], ["profile_worker"]])
+def test_a_benchmark_given_a_missing_data_file_says_so_in_one_line(command: list[str], tmp_path: Path) -> None:
+    res = subprocess.run([sys.executable, "-m", f"benchmarks.{command[0]}", *command[1:], "--data",
+                          str(tmp_path / "nope.tsv")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip() == f"error: labelled split {tmp_path / 'nope.tsv'} not found"
