@@ -218,6 +218,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from benchmarks.entry import run
+    from benchmarks.entry import run as run_script
 
-    run(main)
+    run_script(main)

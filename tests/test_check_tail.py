@@ -221,7 +221,8 @@ def test_tail_follow_prints_new_records_and_commits_nothing(broker: LocalBroker,
         stop.set()
         thread.join(10)
     assert not thread.is_alive()
-    groups = AdminClient({"bootstrap.servers": broker.bootstrap}).list_consumer_groups(request_timeout=5).result()
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})  # kept alive until its answer came
+    groups = admin.list_consumer_groups(request_timeout=5).result(timeout=30)
     assert conf["group.id"] not in {g.group_id for g in groups.valid}  # partitions assigned: no group, no commit
 
 
