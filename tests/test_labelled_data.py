@@ -216,8 +216,12 @@ def test_export_with_the_hub_unreachable_fails_fast(tmp_path: Path, monkeypatch:
     started = time.monotonic()
     res = run_cli("export", "BAAI/bge-small-en", "--output", str(tmp_path / "bge"))
     took = time.monotonic() - started
-    assert_one_line_error(res, "'BAAI/bge-small-en'", "hub cannot be reached (connection refused)",
+    assert_one_line_error(res, "'BAAI/bge-small-en'", "hub cannot be reached (connection ",
                           "local cache does not have it")
+    # The reason in the brackets is read from the HTTP client's chain of errors: "refused" here
+    # alone, but two fresh-clone CI runs (xdist workers) got a chain that named no refusal and said
+    # "connection failed", also true. The chain rules: test_unreachable_reason_reads_the_whole_chain.
+    assert ("(connection refused)" in res.stderr) or ("(connection failed)" in res.stderr), res.stderr
     assert "Retrying" not in res.stderr
     assert took < 15, took  # the downloads' 5 retries with backoff took ~25 s before
 
