@@ -96,3 +96,13 @@ def test_random_objects_never_raise(doc: dict[str, object]) -> None:
         assert isinstance(doc.get("text"), str)
     else:
         assert out.reason in {"missing_text", "text_not_string", "empty_text"}
+
+
+@pytest.mark.parametrize(("value", "detail"), [
+    (b'{"text": 5}', "'text' is an int, expected a string"),
+    (b'{"text": ["x"]}', "'text' is a list, expected a string"),
+    (b"[1]", "JSON value is a list, expected an object"),
+])
+def test_rejection_details_read_as_english(value: bytes, detail: str) -> None:
+    out = run(value)
+    assert isinstance(out, Rejected) and out.detail == detail

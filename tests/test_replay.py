@@ -188,6 +188,8 @@ def test_a_cut_dead_letter_is_counted_not_replayable_and_exits_1(broker: LocalBr
     (["--max-replays", "0"], "'--max-replays'"),
     (["--idle-timeout", "0"], "'--idle-timeout'"),
     (["--since", "yesterday"], "ISO 8601"),
+    (["--until", "1796305800"], "in epoch seconds use 1796305800000"),
+    (["--until", "99999999999999999999"], "after year 9999"),
     (["--from-offset", "0-12"], "PARTITION:OFFSET"),
     (["--timeout", "1"], "cannot reach the dead-letter topic's brokers 127.0.0.1:1 within 1 s (connection refused)"),
 ])

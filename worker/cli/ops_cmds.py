@@ -18,10 +18,11 @@ def replay_dead_letters(
     error_class: Annotated[list[str] | None, typer.Option(
         "--error-class", help="Replay only this error class (repeatable; default: every class)")] = None,
     since: Annotated[str | None, typer.Option(help="Only dead letters written at or after this time "
-                                               "(ISO 8601, e.g. 2026-12-01T10:00:00Z, or epoch ms); the replay "
-                                               "group passes over earlier ones")] = None,
-    until: Annotated[str | None, typer.Option(help="Only dead letters written before this time; the replay group "
-                                               "stops at the first later one, where the next run starts")] = None,
+                                               "(ISO 8601, e.g. 2026-12-01T10:00:00Z, UTC when it has no zone, or "
+                                               "epoch ms); the replay group passes over earlier ones")] = None,
+    until: Annotated[str | None, typer.Option(help="Only dead letters written before this time (as --since); the "
+                                               "replay group stops at the first later one, where the next run "
+                                               "starts")] = None,
     from_offset: Annotated[list[str] | None, typer.Option(
         "--from-offset", help="PARTITION:OFFSET to start that partition at (repeatable; default: where this "
                               "replay group stopped, else the beginning)")] = None,

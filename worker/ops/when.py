@@ -29,12 +29,25 @@ def parse_window(since: str | None, until: str | None) -> tuple[int | None, int 
     return start, end
 
 
+# Epoch milliseconds accepted: from 1973-03-03 (below, a number is more likely epoch seconds) to
+# the end of year 9999 (what ISO 8601 can write).
+EPOCH_MS_MIN = 100_000_000_000
+EPOCH_MS_MAX = 253_402_300_799_999
+
+
 def parse_time(value: str | None) -> int | None:
     """ISO 8601 (a time without zone is UTC) or epoch milliseconds -> epoch milliseconds."""
     if value is None:
         return None
     if value.isdigit():
-        return int(value)
+        ms = int(value)
+        if ms < EPOCH_MS_MIN:
+            raise WorkerError(f"time {value!r} is before 1973 in epoch milliseconds; in epoch seconds use "
+                              f"{value}000, or ISO 8601 (2026-12-01T10:00:00Z)")
+        if ms > EPOCH_MS_MAX:
+            raise WorkerError(f"time {value!r} is after year 9999 in epoch milliseconds: use epoch milliseconds "
+                              "(13 digits) or ISO 8601 (2026-12-01T10:00:00Z)")
+        return ms
     try:
         when = datetime.fromisoformat(value)
     except ValueError:

@@ -22,12 +22,12 @@ def decode(envelope: Envelope, *, text_field: str, id_field: str, max_value_byte
     except orjson.JSONDecodeError as exc:
         return Rejected(envelope, "invalid_json", f"value is not JSON: {exc}")
     if not isinstance(doc, dict):
-        return Rejected(envelope, "not_an_object", f"JSON value is a {type(doc).__name__}, expected an object")
+        return Rejected(envelope, "not_an_object", f"JSON value is {_a(type(doc).__name__)}, expected an object")
     if text_field not in doc:
         return Rejected(envelope, "missing_text", f"object has no {text_field!r} field")
     text = doc[text_field]
     if not isinstance(text, str):
-        return Rejected(envelope, "text_not_string", f"{text_field!r} is a {type(text).__name__}, expected a string")
+        return Rejected(envelope, "text_not_string", f"{text_field!r} is {_a(type(text).__name__)}, expected a string")
     if not text.strip():
         return Rejected(envelope, "empty_text", f"{text_field!r} is empty or whitespace")
     msg_id = doc.get(id_field)
@@ -35,3 +35,8 @@ def decode(envelope: Envelope, *, text_field: str, id_field: str, max_value_byte
         src = envelope.source
         msg_id = f"{src.topic}:{src.partition}:{src.offset}"
     return ChatMessage(envelope=envelope, id=msg_id, text=text)
+
+
+def _a(noun: str) -> str:
+    """'a list', 'an int'."""
+    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
