@@ -3,6 +3,9 @@ in-process through testkit.cli.run_cli; the model files are the tiny test models
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -262,6 +265,21 @@ def test_produce_samples_unreachable_or_missing_topic_is_one_line(broker: LocalB
 
 
 # ---- demo's broker ------------------------------------------------------------------------------
+
+
+def test_demo_runs_the_default_model_live_and_names_its_broker_as_its_own(tmp_path: Path) -> None:
+    """The README's first command, from another directory, for a few seconds: results stream in,
+    and the startup line says the brokers are the demo's (not the settings file's)."""
+    (tmp_path / "worker.yaml").write_text("kafka:\n  bootstrap_servers: localhost:9092\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMOTION_WORKER_")}
+    res = subprocess.run([sys.executable, "-m", "worker", "demo", "--config", "worker.yaml", "--seconds", "8"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.startswith("local broker on 127.0.0.1:")
+    assert any("ms end to end" in line for line in res.stdout.splitlines()[1:]), res.stdout
+    broker = res.stdout.split()[3].rstrip(";")
+    assert f"brokers {broker} from demo (its local broker)" in res.stderr, res.stderr
+    assert "Traceback" not in res.stdout + res.stderr
 
 
 def test_local_broker_start_prints_no_librdkafka_line(capfd: pytest.CaptureFixture[str]) -> None:

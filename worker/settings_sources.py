@@ -39,8 +39,8 @@ DOTTED_KEYS = frozenset({("kafka", "common"), ("kafka", "consumer"), ("kafka", "
 class Origin:
     """Where one setting's value came from."""
 
-    kind: Literal["default", "file", "env", "option"]
-    name: str = ""  # the file's path, the variable's name, the option
+    kind: Literal["default", "file", "env", "option", "demo"]
+    name: str = ""  # the file's path, the variable's name, the option (demo: what it set up)
     line: int | None = None  # the file line
 
     def __str__(self) -> str:

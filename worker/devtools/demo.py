@@ -9,11 +9,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from worker.config import Settings
+from worker.config import Settings, with_origin
 from worker.devtools.broker import LocalBroker
 from worker.devtools.samples import input_producer_conf, produce_samples
 from worker.ops.signals import stop_on_signals
 from worker.ops.tail import Tail, TailOptions, reader_conf
+from worker.settings_sources import Origin
 
 
 def _printer(prefix: str, lock: threading.Lock) -> Callable[[str], None]:
@@ -43,11 +44,11 @@ def run_demo(settings: Settings, *, seconds: float, rate: float) -> int:
         k = settings.kafka
         broker.create_topics([k.input_topic], partitions=3)
         broker.create_topics([k.output_topic, k.dead_letter_topic], partitions=3)
-        settings = settings.model_copy(update={
-            "kafka": k.model_copy(update={"bootstrap_servers": broker.bootstrap, "output_bootstrap_servers": None,
-                                          "session_timeout_ms": 6000}),
-            "observe": settings.observe.model_copy(update={"port": 0}),
-        })
+        # The startup line names these as the demo's, not the settings file's.
+        settings = with_origin(settings, Origin("demo", "(its local broker)"),
+                               kafka={"bootstrap_servers": broker.bootstrap, "output_bootstrap_servers": None,
+                                      "session_timeout_ms": 6000},
+                               observe={"port": 0})
         print(f"local broker on {broker.bootstrap}; topics {k.input_topic} -> {k.output_topic} "
               f"(dead letters: {k.dead_letter_topic})", flush=True)
         worker_stop = threading.Event()
