@@ -1,4 +1,4 @@
-"""Throughput and latency, in one run, on the same texts and the same model.
+r"""Throughput and latency, in one run, on the same texts and the same model.
 
     python -m benchmarks.bench --data ../shared/data/go_emotions/dev.tsv --out benchmarks/results
 
@@ -271,13 +271,15 @@ def worker_model(name: str, cache: Path) -> tuple[Path, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=Path("../shared/data/go_emotions/dev.tsv"))
+    ap.add_argument("--data", type=Path, default=Path("../shared/data/go_emotions/dev.tsv"),
+                    help="GoEmotions-style TSV of the texts (default: %(default)s)")
     ap.add_argument("--limit", type=int, default=1200, help="dev texts for the in-memory runs")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--cache", type=Path, default=Path(".cache/bench"))
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    ap.add_argument("--worker-messages", type=int, default=3000)
-    ap.add_argument("--skip-worker", action="store_true")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the in-memory runs (default: 3)")
+    ap.add_argument("--cache", type=Path, default=Path(".cache/bench"),
+                    help="where the benchmark's models and run logs go (default: %(default)s)")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="results (default: %(default)s)")
+    ap.add_argument("--worker-messages", type=int, default=3000, help="the worker's backlog (default: 3000)")
+    ap.add_argument("--skip-worker", action="store_true", help="only the in-memory runs of the full benchmark")
     ap.add_argument("--worker-env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra worker settings, e.g. EMOTION_WORKER_BATCHING__CONCURRENT_BATCHES=1")
     ap.add_argument("--only-worker", action="store_true", help="just the worker runs (with --worker-env)")

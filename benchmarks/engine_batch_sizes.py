@@ -38,11 +38,14 @@ def by_size(engine: Engine, texts: list[str], rounds: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=Path("../shared/data/go_emotions/dev.tsv"))
-    ap.add_argument("--worker-model", choices=["default", "default-int8"], action="append")
-    ap.add_argument("--texts", type=int, default=2048)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--cache", type=Path, default=Path(".cache/bench"))
+    ap.add_argument("--data", type=Path, default=Path("../shared/data/go_emotions/dev.tsv"),
+                    help="GoEmotions-style TSV of the texts (default: %(default)s)")
+    ap.add_argument("--worker-model", choices=["default", "default-int8"], action="append",
+                    help="the model (repeat for several; default: both)")
+    ap.add_argument("--texts", type=int, default=2048, help="unique texts per size (default: 2048)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best is kept (default: 3)")
+    ap.add_argument("--cache", type=Path, default=Path(".cache/bench"),
+                    help="where the benchmark's models go (default: %(default)s)")
     args = ap.parse_args(argv)
     texts = unique_texts(read_split(args.data, check_rows=False).texts, args.texts)
     out: dict[str, dict[str, float]] = {}
