@@ -234,9 +234,10 @@ def p99_bound(run: Callable[[Load], dict[str, Any]], at_half: list[dict[str, Any
         runs = at_half[:BOUND_RUNS] if fraction == 0.5 else []
         while len(runs) < BOUND_RUNS and all(_p99(r) < P99_BOUND_MS for r in runs):
             runs.append(run(Load(f"bound_{round(fraction * 100)}_{len(runs) + 1}", fraction, seconds)))
+        p99s = [_p99(r) for r in runs]
         tried.append({"fraction_of_backlog": fraction, "rate_per_s": runs[0]["rate_per_s"],
-                      "p99_ms": [_p99(r) if math.isfinite(_p99(r)) else None for r in runs]})
-        if len(runs) == BOUND_RUNS and all(_p99(r) < P99_BOUND_MS for r in runs):
+                      "p99_ms": [p if math.isfinite(p) else None for p in p99s]})
+        if len(runs) == BOUND_RUNS and all(p < P99_BOUND_MS for p in p99s):
             return {"fraction_of_backlog": fraction, "rate_per_s": runs[0]["rate_per_s"], "tried": tried}
     return {"fraction_of_backlog": None, "rate_per_s": None, "tried": tried}
 
